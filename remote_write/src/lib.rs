@@ -1,0 +1,1 @@
+//! A Prometheus remote-write 1.0 client.
