@@ -1,13 +1,48 @@
 //! `pie-agent`: the probe binary that runs inside pie's probe Pods.
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
+use pie_agent::app::{self, Exit};
+use pie_agent::cli::{Cli, Command};
 
-/// The probe that runs inside pie's probe Pods.
-#[derive(Debug, Parser)]
-#[command(name = "pie-agent", version, about)]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let exit = match run(cli.command) {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::NotDelivered
+        }
+    };
+    if cli.report_peak_rss {
+        match app::peak_rss_kib() {
+            Some(kib) => eprintln!("pie-agent peak RSS (VmHWM): {kib} kB"),
+            None => eprintln!("pie-agent peak RSS (VmHWM): unknown"),
+        }
+    }
+    exit.into()
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn run(command: Command) -> anyhow::Result<Exit> {
+    Ok(match command {
+        Command::Version => {
+            println!("pie-agent {}", env!("CARGO_PKG_VERSION"));
+            Exit::Success
+        }
+        Command::ProvisionProbe(args) => app::run_provision_probe(&args),
+        Command::MountProbe(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(app::run_mount_probe(*args)),
+    })
 }

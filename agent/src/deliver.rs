@@ -1,0 +1,395 @@
+//! Posting a [`ProbeResult`] to the controller, with retries.
+//!
+//! `POST <controller-url>/api/v1/results` with the JSON result and, when a token file is given,
+//! `Authorization: Bearer <token>` (the file is re-read and trimmed on every attempt, so a rotated
+//! token is picked up). Connection errors, 5xx and 429 are retried with jittered exponential
+//! backoff, honouring `Retry-After` (seconds or an HTTP date), until the overall deadline; any
+//! other 4xx is final and its `{"error": "..."}` message is returned.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tracing::{info, warn};
+
+use crate::result::ProbeResult;
+
+/// Path of the controller's result receiver, relative to the controller URL.
+pub const RESULTS_PATH: &str = "/api/v1/results";
+
+/// First retry delay (before jitter, which adds up to the same again).
+const MIN_DELAY: Duration = Duration::from_millis(200);
+/// Longest retry delay (before jitter).
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Longest controller message quoted in an error.
+const MAX_MESSAGE_LEN: usize = 300;
+
+/// Why a result was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The controller URL is unusable.
+    #[error("invalid controller URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot create the HTTP client: {0}")]
+    Client(String),
+    /// The token file cannot be read.
+    #[error("cannot read token file {path:?}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The token file is empty or holds something that cannot be an HTTP header.
+    #[error("token file {0:?} is empty or not a valid token")]
+    BadToken(PathBuf),
+    /// The result cannot be encoded.
+    #[error("cannot encode the result: {0}")]
+    Encode(String),
+    /// The controller answered with a non-retryable status.
+    #[error("controller rejected the result with {status}: {message}")]
+    Rejected {
+        /// HTTP status.
+        status: StatusCode,
+        /// The controller's `error` message, or the start of its body.
+        message: String,
+    },
+    /// The deadline passed (or a `Retry-After` pointed beyond it) before delivery succeeded.
+    #[error("result not delivered within {deadline:?} after {attempts} attempt(s); last: {last}")]
+    DeadlineExceeded {
+        /// The overall deadline.
+        deadline: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// What went wrong last.
+        last: String,
+    },
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Attempts needed, at least 1.
+    pub attempts: u32,
+    /// The controller's answer.
+    pub status: StatusCode,
+}
+
+/// Sends results to one controller.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    token_file: Option<PathBuf>,
+    deadline: Duration,
+}
+
+/// The outcome of one failed attempt.
+#[derive(Debug)]
+enum AttemptError {
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Fatal(DeliveryError),
+}
+
+impl Deliverer {
+    /// A deliverer posting to `<controller_url>/api/v1/results`, giving up after `deadline`.
+    pub fn new(
+        controller_url: &str,
+        token_file: Option<PathBuf>,
+        deadline: Duration,
+    ) -> Result<Self, DeliveryError> {
+        let url = results_url(controller_url)?;
+        // reqwest is built without a default crypto provider; the error only says one is
+        // installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("pie-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DeliveryError::Client(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            url,
+            token_file,
+            deadline,
+        })
+    }
+
+    /// The receiver's URL.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// Posts `result`, retrying transient failures until the deadline.
+    pub async fn deliver(&self, result: &ProbeResult) -> Result<Delivered, DeliveryError> {
+        let body = serde_json::to_vec(result).map_err(|e| DeliveryError::Encode(e.to_string()))?;
+        let started = Instant::now();
+        let ends = started + self.deadline;
+        let attempts = Cell::new(0u32);
+        let last = RefCell::new(String::from("no attempt finished"));
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(MIN_DELAY)
+            .with_max_delay(MAX_DELAY)
+            .without_max_times();
+        let attempt = || {
+            attempts.set(attempts.get() + 1);
+            self.attempt(&body, ends)
+        };
+        let retrying = attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, AttemptError::Retryable { .. }))
+            .adjust(|e, delay| {
+                let delay = match e {
+                    AttemptError::Retryable {
+                        retry_after: Some(after),
+                        ..
+                    } => Some(*after),
+                    _ => delay,
+                }?;
+                // A retry that would start after the deadline is not worth waiting for.
+                (Instant::now() + delay < ends).then_some(delay)
+            })
+            .notify(|e, delay| {
+                if let AttemptError::Retryable { reason, .. } = e {
+                    last.replace(reason.clone());
+                    warn!(attempt = attempts.get(), %reason, retry_in = ?delay, "delivery failed, retrying");
+                }
+            });
+        let outcome = tokio::time::timeout(self.deadline, retrying).await;
+        let deadline_exceeded = |last: String| DeliveryError::DeadlineExceeded {
+            deadline: self.deadline,
+            attempts: attempts.get(),
+            last,
+        };
+        match outcome {
+            Ok(Ok(status)) => {
+                let delivered = Delivered {
+                    attempts: attempts.get(),
+                    status,
+                };
+                info!(url = %self.url, attempts = delivered.attempts, %status, elapsed = ?started.elapsed(), "result delivered");
+                Ok(delivered)
+            }
+            Ok(Err(AttemptError::Fatal(e))) => Err(e),
+            Ok(Err(AttemptError::Retryable {
+                reason,
+                retry_after,
+            })) => Err(deadline_exceeded(match retry_after {
+                Some(after) => format!("{reason} (Retry-After {after:?} is past the deadline)"),
+                None => reason,
+            })),
+            Err(_) => Err(deadline_exceeded(last.take())),
+        }
+    }
+
+    async fn attempt(&self, body: &[u8], ends: Instant) -> Result<StatusCode, AttemptError> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(ends.saturating_duration_since(Instant::now()))
+            .body(body.to_vec());
+        if let Some(path) = &self.token_file {
+            request = request.header(AUTHORIZATION, read_token(path)?);
+        }
+        let response = request.send().await.map_err(|e| AttemptError::Retryable {
+            reason: error_chain(&e),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(status);
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let message = controller_message(status, &response.text().await.unwrap_or_default());
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Err(AttemptError::Retryable {
+                reason: format!("{status}: {message}"),
+                retry_after,
+            })
+        } else {
+            Err(AttemptError::Fatal(DeliveryError::Rejected {
+                status,
+                message,
+            }))
+        }
+    }
+}
+
+/// `<controller_url>/api/v1/results`, for an `http` or `https` URL with or without a trailing
+/// slash or a path prefix.
+pub fn results_url(controller_url: &str) -> Result<reqwest::Url, DeliveryError> {
+    let invalid = |reason: String| DeliveryError::InvalidUrl {
+        url: controller_url.to_owned(),
+        reason,
+    };
+    let base = reqwest::Url::parse(controller_url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https".into()));
+    }
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    let joined = format!("{}{RESULTS_PATH}", base.as_str().trim_end_matches('/'));
+    reqwest::Url::parse(&joined).map_err(|e| invalid(e.to_string()))
+}
+
+/// The `Authorization` header value from a token file, re-read on every call.
+fn read_token(path: &Path) -> Result<HeaderValue, AttemptError> {
+    let token = std::fs::read_to_string(path).map_err(|source| {
+        AttemptError::Fatal(DeliveryError::Token {
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    let token = token.trim();
+    let bad = || AttemptError::Fatal(DeliveryError::BadToken(path.to_owned()));
+    if token.is_empty() {
+        return Err(bad());
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| bad())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The delay a `Retry-After` value asks for: delta-seconds or an HTTP date (a date in the past
+/// means now). `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The controller's `{"error": "..."}` message, else the start of the body, else the status's
+/// reason phrase; always one line.
+pub fn controller_message(status: StatusCode, body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let text = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(b) => b.error,
+        Err(_) => body.to_owned(),
+    };
+    let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > MAX_MESSAGE_LEN {
+        let mut end = MAX_MESSAGE_LEN;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    if line.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        line
+    }
+}
+
+/// An error and its sources on one line (reqwest's own message omits the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_url_joins_the_path() {
+        for (base, want) in [
+            ("http://pie:8082", "http://pie:8082/api/v1/results"),
+            ("http://pie:8082/", "http://pie:8082/api/v1/results"),
+            (
+                "https://pie.ns.svc/prefix",
+                "https://pie.ns.svc/prefix/api/v1/results",
+            ),
+        ] {
+            assert_eq!(results_url(base).unwrap().as_str(), want);
+        }
+        for bad in ["", "pie:8082", "ftp://pie", "http://"] {
+            assert!(results_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let in_5s = httpdate::fmt_http_date(now + Duration::from_secs(5));
+        assert_eq!(parse_retry_after(&in_5s, now), Some(Duration::from_secs(5)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(5));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn controller_message_prefers_the_error_field() {
+        let s = StatusCode::BAD_REQUEST;
+        assert_eq!(
+            controller_message(s, r#"{"error":"node \"X\" invalid"}"#),
+            "node \"X\" invalid"
+        );
+        assert_eq!(controller_message(s, "plain\ntext "), "plain text");
+        assert_eq!(controller_message(s, ""), "Bad Request");
+        let long = controller_message(s, &"é".repeat(400));
+        assert!(
+            long.len() <= MAX_MESSAGE_LEN + '…'.len_utf8(),
+            "{}",
+            long.len()
+        );
+    }
+
+    #[test]
+    fn token_is_trimmed_and_sensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  abc.def\n").unwrap();
+        let value = read_token(&path).unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer abc.def");
+        assert!(value.is_sensitive());
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            read_token(&path),
+            Err(AttemptError::Fatal(DeliveryError::BadToken(_)))
+        ));
+        assert!(matches!(
+            read_token(&dir.path().join("missing")),
+            Err(AttemptError::Fatal(DeliveryError::Token { .. }))
+        ));
+    }
+}
