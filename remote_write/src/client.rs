@@ -1,0 +1,219 @@
+//! The public client: enqueue samples, flush, shut down, read self-metrics.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ClientConfig, ConfigError};
+use crate::endpoint::Endpoint;
+use crate::queue::Queue;
+use crate::series::{ExternalLabels, Sample, Series, SeriesError};
+use crate::stats::{DropReason, EndpointStats, EndpointStatsSnapshot};
+use crate::transport::Transport;
+
+/// A remote-write client sending every sample to each configured endpoint.
+///
+/// Cloning is cheap and clones share the queues. Each endpoint has its own bounded queue,
+/// sender task and retry state, so an endpoint that is down never stalls the others. Pushing
+/// never blocks: when a queue is full its oldest samples are dropped and counted.
+///
+/// Dropping the last clone stops the senders at once; call [`Client::shutdown`] first to
+/// deliver what is queued.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoints: Vec<(Arc<Queue>, Arc<EndpointStats>)>,
+    shutdown: watch::Sender<Option<Instant>>,
+    tasks: Mutex<Vec<(String, JoinHandle<u64>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, task) in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// What [`Client::shutdown`] could not deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// `(endpoint URL, samples not delivered)` for every endpoint.
+    pub endpoints: Vec<(String, u64)>,
+}
+
+impl ShutdownReport {
+    /// Samples not delivered, summed over endpoints.
+    pub fn undelivered(&self) -> u64 {
+        self.endpoints.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Whether everything was delivered everywhere.
+    pub fn is_complete(&self) -> bool {
+        self.undelivered() == 0
+    }
+}
+
+impl Client {
+    /// Validates `config` and starts one sender task per endpoint on the current tokio runtime.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for invalid settings, URLs, headers, CA files or external labels.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(config: ClientConfig) -> Result<Client, ConfigError> {
+        config.validate()?;
+        let external = ExternalLabels::new(
+            config
+                .external_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
+        let wake_at = if config.batch.immediate {
+            1
+        } else {
+            config.batch.max_samples
+        };
+        let (shutdown, _) = watch::channel(None);
+        let mut endpoints = Vec::new();
+        let mut senders = Vec::new();
+        for endpoint in &config.endpoints {
+            let transport = Transport::new(endpoint, &config.user_agent)?;
+            let stats = Arc::new(EndpointStats::new(transport.url()));
+            let queue = Arc::new(Queue::new(config.queue_capacity, wake_at, stats.clone()));
+            endpoints.push((queue.clone(), stats.clone()));
+            senders.push(Endpoint {
+                queue,
+                stats,
+                transport,
+                batch: config.batch.clone(),
+                retry: config.retry.clone(),
+                external: external.clone(),
+            });
+        }
+        let tasks = senders
+            .into_iter()
+            .map(|sender| {
+                let url = sender.transport.url().to_owned();
+                (url, tokio::spawn(sender.run(shutdown.subscribe())))
+            })
+            .collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                shutdown,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Queues `sample` of `series` for every endpoint. A sample not newer than the last one
+    /// queued for its series is dropped and counted as `out_of_order` (per endpoint).
+    pub fn push(&self, series: &Series, sample: Sample) {
+        for (queue, _) in &self.inner.endpoints {
+            queue.push(series, sample);
+        }
+    }
+
+    /// Validates `labels` (which must include `__name__`) and queues `sample`. An invalid label
+    /// set is counted as dropped (`invalid`) and returned as an error; nothing is sent.
+    pub fn push_labels<K, V>(
+        &self,
+        labels: impl IntoIterator<Item = (K, V)>,
+        sample: Sample,
+    ) -> Result<Series, SeriesError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        match Series::from_labels(labels) {
+            Ok(series) => {
+                self.push(&series, sample);
+                Ok(series)
+            }
+            Err(error) => {
+                for (_, stats) in &self.inner.endpoints {
+                    stats.dropped(DropReason::Invalid, 1);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Marks `series` as gone: sends one staleness marker (StaleNaN) at `timestamp_ms`, or just
+    /// after the series' last sample if that is newer. A series never pushed, or already marked
+    /// and not pushed since, gets no marker.
+    pub fn mark_stale(&self, series: &Series, timestamp_ms: i64) {
+        for (queue, _) in &self.inner.endpoints {
+            queue.mark_stale(series, timestamp_ms);
+        }
+    }
+
+    /// Sends everything queued now and waits until every sample pushed before this call was
+    /// delivered or dropped, on every endpoint. While an endpoint is down this waits for it to
+    /// come back; wrap it in [`tokio::time::timeout`] to bound the wait.
+    pub async fn flush(&self) {
+        let targets: Vec<u64> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|(queue, _)| queue.request_flush())
+            .collect();
+        for ((queue, _), target) in self.inner.endpoints.iter().zip(targets) {
+            queue.wait_done(target).await;
+        }
+    }
+
+    /// Delivers what it can within `timeout`, then stops the senders and reports what each
+    /// endpoint could not deliver. Samples pushed afterwards are not sent. A second call
+    /// returns an empty report.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + timeout;
+        self.inner.shutdown.send_replace(Some(deadline));
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        let mut report = ShutdownReport::default();
+        for (url, task) in tasks {
+            let undelivered = task.await.unwrap_or_else(|e| {
+                tracing::error!(endpoint = url, "remote-write sender ended abnormally: {e}");
+                0
+            });
+            if undelivered > 0 {
+                tracing::warn!(
+                    endpoint = url,
+                    undelivered,
+                    "remote write shut down with samples undelivered"
+                );
+            }
+            report.endpoints.push((url, undelivered));
+        }
+        report
+    }
+
+    /// Self-metrics of every endpoint, in configuration order.
+    pub fn stats(&self) -> Vec<EndpointStatsSnapshot> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|(_, stats)| stats.snapshot())
+            .collect()
+    }
+}

@@ -1,0 +1,428 @@
+//! The bounded per-endpoint queue that also keeps every series' samples in timestamp order.
+//!
+//! One sender task drains a queue, one request at a time, and retries a request until it
+//! succeeds or is dropped before taking the next. So the order samples leave the queue is the
+//! order they reach the receiver, and checking order when a sample is queued is enough to keep
+//! each series strictly increasing across requests, retries and restarts of the sender.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, watch};
+
+use crate::encode::estimated_len;
+use crate::series::{ExternalLabels, Sample, Series};
+use crate::stats::{DropReason, EndpointStats};
+
+/// What the queue remembers per series.
+#[derive(Debug, Clone, Copy)]
+struct SeriesState {
+    /// The newest timestamp queued for the series.
+    last_ms: i64,
+    /// Whether the newest sample queued was a staleness marker.
+    stale: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: VecDeque<(Series, Sample)>,
+    /// Sequence number of `entries[0]`; numbers count every sample ever queued.
+    head_seq: u64,
+    /// First sequence number and length of the batch being sent.
+    inflight: Option<(u64, usize)>,
+    series: HashMap<Series, SeriesState>,
+}
+
+impl State {
+    /// Every sample with a lower sequence number is delivered or dropped.
+    fn done_before(&self) -> u64 {
+        self.inflight.map_or(self.head_seq, |(first, _)| first)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.head_seq + self.entries.len() as u64
+    }
+
+    fn pending(&self) -> u64 {
+        (self.entries.len() + self.inflight.map_or(0, |(_, n)| n)) as u64
+    }
+}
+
+/// A batch taken from the queue for sending.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) entries: Vec<(Series, Sample)>,
+}
+
+/// A bounded FIFO of samples for one endpoint.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    /// Wakes the sender: a full batch is queued, or a flush was requested.
+    pub(crate) wake: Notify,
+    /// Set by [`Queue::request_flush`]: send everything now, not only full batches.
+    force: AtomicBool,
+    done: watch::Sender<u64>,
+    stats: Arc<EndpointStats>,
+    capacity: usize,
+    wake_at: usize,
+}
+
+impl Queue {
+    /// A queue holding at most `capacity` samples that wakes its sender once `wake_at` are queued.
+    pub(crate) fn new(capacity: usize, wake_at: usize, stats: Arc<EndpointStats>) -> Queue {
+        Queue {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            force: AtomicBool::new(false),
+            done: watch::Sender::new(0),
+            stats,
+            capacity,
+            wake_at: wake_at.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state inconsistent in a way that
+        // matters more than losing the queue, so keep going with what is there.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `sample` unless it is not newer than the last one queued for `series`.
+    /// Returns whether it was queued.
+    pub(crate) fn push(&self, series: &Series, sample: Sample) -> bool {
+        let mut st = self.lock();
+        match st.series.get_mut(series) {
+            Some(s) if sample.timestamp_ms <= s.last_ms => {
+                drop(st);
+                self.stats.dropped(DropReason::OutOfOrder, 1);
+                return false;
+            }
+            Some(s) => {
+                s.last_ms = sample.timestamp_ms;
+                s.stale = sample.is_stale();
+            }
+            None => {
+                st.series.insert(
+                    series.clone(),
+                    SeriesState {
+                        last_ms: sample.timestamp_ms,
+                        stale: sample.is_stale(),
+                    },
+                );
+            }
+        }
+        self.enqueue(st, series.clone(), sample);
+        true
+    }
+
+    /// Queues a staleness marker for `series` once: not for a series never queued, and not
+    /// again until a new sample revives it. The marker's timestamp is `timestamp_ms`, or just
+    /// after the series' last sample if that is newer. Returns whether a marker was queued.
+    pub(crate) fn mark_stale(&self, series: &Series, timestamp_ms: i64) -> bool {
+        let mut st = self.lock();
+        let Some(s) = st.series.get_mut(series) else {
+            return false;
+        };
+        if s.stale {
+            return false;
+        }
+        let ts = timestamp_ms.max(s.last_ms.saturating_add(1));
+        s.last_ms = ts;
+        s.stale = true;
+        self.enqueue(st, series.clone(), Sample::stale(ts));
+        true
+    }
+
+    fn enqueue(&self, mut st: MutexGuard<'_, State>, series: Series, sample: Sample) {
+        let mut dropped = 0;
+        while st.entries.len() >= self.capacity {
+            st.entries.pop_front();
+            st.head_seq += 1;
+            dropped += 1;
+        }
+        st.entries.push_back((series, sample));
+        let len = st.entries.len();
+        self.stats.set_pending(st.pending());
+        if dropped > 0 {
+            self.publish_done(&st);
+        }
+        drop(st);
+        if dropped > 0 {
+            self.stats.dropped(DropReason::QueueFull, dropped);
+        }
+        if len >= self.wake_at {
+            self.wake.notify_one();
+        }
+    }
+
+    fn publish_done(&self, st: &State) {
+        let done = st.done_before();
+        self.done.send_if_modified(|d| {
+            let changed = *d != done;
+            *d = done;
+            changed
+        });
+    }
+
+    /// Samples queued (not counting the batch in flight).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether a full batch is queued.
+    pub(crate) fn has_full_batch(&self) -> bool {
+        self.len() >= self.wake_at
+    }
+
+    /// Takes the oldest samples, at most `max_samples` and about `max_bytes` of protobuf (at
+    /// least one sample), as the batch in flight. `None` when the queue is empty.
+    pub(crate) fn take_batch(
+        &self,
+        max_samples: usize,
+        max_bytes: usize,
+        external: &ExternalLabels,
+    ) -> Option<Batch> {
+        let mut st = self.lock();
+        debug_assert!(st.inflight.is_none(), "one batch in flight at a time");
+        if st.entries.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        for (series, _) in st.entries.iter().take(max_samples) {
+            let len = estimated_len(series, external);
+            if n > 0 && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            n += 1;
+        }
+        let entries: Vec<_> = st.entries.drain(..n).collect();
+        st.inflight = Some((st.head_seq, n));
+        st.head_seq += n as u64;
+        Some(Batch { entries })
+    }
+
+    /// The batch in flight was delivered or dropped.
+    pub(crate) fn complete_batch(&self) {
+        let mut st = self.lock();
+        st.inflight = None;
+        self.stats.set_pending(st.pending());
+        self.publish_done(&st);
+    }
+
+    /// Removes everything queued and in flight (at shutdown) and returns how many samples that was.
+    pub(crate) fn drain(&self) -> u64 {
+        let mut st = self.lock();
+        let n = st.pending();
+        st.head_seq = st.next_seq();
+        st.entries.clear();
+        st.inflight = None;
+        self.stats.set_pending(0);
+        self.publish_done(&st);
+        n
+    }
+
+    /// Asks the sender to send everything queued now; returns the sequence number that
+    /// [`Queue::wait_done`] must reach for everything queued so far to be finished.
+    pub(crate) fn request_flush(&self) -> u64 {
+        let target = self.lock().next_seq();
+        self.force.store(true, Ordering::Release);
+        self.wake.notify_one();
+        target
+    }
+
+    /// Whether a flush was requested since the last call (clears the request).
+    pub(crate) fn take_flush_request(&self) -> bool {
+        self.force.swap(false, Ordering::AcqRel)
+    }
+
+    /// Waits until every sample with a sequence number below `target` is delivered or dropped.
+    pub(crate) async fn wait_done(&self, target: u64) {
+        let mut rx = self.done.subscribe();
+        // The sender is owned by the queue, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|done| *done >= target).await;
+    }
+
+    /// Forgets series whose staleness marker is older than `cutoff_ms`, so that a long-running
+    /// program that churns series does not keep them forever.
+    pub(crate) fn forget_stale_before(&self, cutoff_ms: i64) {
+        self.lock()
+            .series
+            .retain(|_, s| !(s.stale && s.last_ms < cutoff_ms));
+    }
+
+    /// Series the queue tracks for ordering.
+    #[cfg(test)]
+    pub(crate) fn tracked_series(&self) -> usize {
+        self.lock().series.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> (Queue, Arc<EndpointStats>) {
+        let stats = Arc::new(EndpointStats::new("http://test"));
+        (Queue::new(capacity, 10, stats.clone()), stats)
+    }
+
+    fn s(name: &str) -> Series {
+        Series::new(name, [("a", "b")]).unwrap()
+    }
+
+    fn take_all(q: &Queue) -> Vec<(Series, Sample)> {
+        let b = q.take_batch(usize::MAX, usize::MAX, &ExternalLabels::default());
+        q.complete_batch();
+        b.map(|b| b.entries).unwrap_or_default()
+    }
+
+    #[test]
+    fn samples_not_newer_than_the_last_are_dropped_and_counted() {
+        let (q, stats) = queue(100);
+        let a = s("a");
+        assert!(q.push(&a, Sample::new(1.0, 10)));
+        assert!(!q.push(&a, Sample::new(2.0, 10)), "equal timestamp");
+        assert!(!q.push(&a, Sample::new(2.0, 5)), "older timestamp");
+        assert!(q.push(&a, Sample::new(3.0, 11)));
+        assert!(
+            q.push(&s("b"), Sample::new(1.0, 1)),
+            "other series are independent"
+        );
+        // Still ordered after the earlier samples left the queue.
+        assert_eq!(take_all(&q).len(), 3);
+        assert!(!q.push(&a, Sample::new(4.0, 11)));
+        assert!(q.push(&a, Sample::new(4.0, 12)));
+        assert_eq!(stats.snapshot().dropped(DropReason::OutOfOrder), 3);
+    }
+
+    #[test]
+    fn full_queue_drops_the_oldest_and_counts() {
+        let (q, stats) = queue(3);
+        for i in 0..5 {
+            q.push(&s("a"), Sample::new(i as f64, i));
+        }
+        let values: Vec<f64> = take_all(&q).iter().map(|(_, s)| s.value).collect();
+        assert_eq!(values, vec![2.0, 3.0, 4.0]);
+        let snap = stats.snapshot();
+        assert_eq!(snap.dropped(DropReason::QueueFull), 2);
+        assert_eq!(snap.pending_samples, 0);
+    }
+
+    #[test]
+    fn queue_never_exceeds_capacity() {
+        let (q, stats) = queue(1000);
+        for i in 0..100_000 {
+            q.push(&s(&format!("m{}", i % 50)), Sample::new(0.0, i));
+            assert!(q.len() <= 1000);
+        }
+        assert_eq!(stats.snapshot().dropped(DropReason::QueueFull), 99_000);
+        assert_eq!(stats.snapshot().pending_samples, 1000);
+    }
+
+    #[test]
+    fn batches_respect_sample_and_byte_limits() {
+        let (q, _) = queue(100);
+        let a = s("a");
+        for i in 0..25 {
+            q.push(&a, Sample::new(0.0, i));
+        }
+        let ext = ExternalLabels::default();
+        let b = q.take_batch(10, usize::MAX, &ext).unwrap();
+        assert_eq!(b.entries.len(), 10);
+        q.complete_batch();
+        let one = estimated_len(&a, &ext);
+        let b = q.take_batch(100, one * 3 + 1, &ext).unwrap();
+        assert_eq!(b.entries.len(), 3);
+        q.complete_batch();
+        // A single sample larger than max_bytes still goes out alone.
+        let b = q.take_batch(100, 1, &ext).unwrap();
+        assert_eq!(b.entries.len(), 1);
+        q.complete_batch();
+        assert_eq!(q.len(), 11);
+        let ts: Vec<i64> = take_all(&q).iter().map(|(_, s)| s.timestamp_ms).collect();
+        assert_eq!(ts, (14..25).collect::<Vec<_>>(), "FIFO order");
+    }
+
+    #[test]
+    fn stale_marker_is_sent_once_and_after_the_last_sample() {
+        let (q, _) = queue(100);
+        let a = s("a");
+        assert!(!q.mark_stale(&a, 100), "never-seen series get no marker");
+        q.push(&a, Sample::new(1.0, 50));
+        assert!(q.mark_stale(&a, 10), "marker bumped past the last sample");
+        assert!(!q.mark_stale(&a, 200), "only once");
+        let got = take_all(&q);
+        assert_eq!(got.len(), 2);
+        assert!(got[1].1.is_stale());
+        assert_eq!(got[1].1.timestamp_ms, 51);
+        // A new sample revives the series; then it can be marked again.
+        assert!(q.push(&a, Sample::new(1.0, 300)));
+        assert!(q.mark_stale(&a, 400));
+        let got = take_all(&q);
+        assert_eq!(got[1].1.timestamp_ms, 400);
+        assert_eq!(got[1].1.value.to_bits(), crate::series::STALE_NAN_BITS);
+    }
+
+    #[test]
+    fn stale_series_are_forgotten_after_the_cutoff() {
+        let (q, _) = queue(100);
+        q.push(&s("a"), Sample::new(1.0, 50));
+        q.push(&s("b"), Sample::new(1.0, 50));
+        q.mark_stale(&s("a"), 60);
+        q.forget_stale_before(61);
+        assert_eq!(
+            q.tracked_series(),
+            1,
+            "`a` (stale at 60) is forgotten, `b` is kept"
+        );
+        // Forgotten means its order is no longer enforced: an old sample is accepted again.
+        assert!(q.push(&s("a"), Sample::new(1.0, 1)));
+    }
+
+    #[tokio::test]
+    async fn wait_done_follows_completion_and_drops() {
+        let (q, _) = queue(2);
+        let q = Arc::new(q);
+        let a = s("a");
+        q.push(&a, Sample::new(0.0, 1));
+        let target = q.request_flush();
+        assert!(q.take_flush_request());
+        assert!(!q.take_flush_request(), "the request is cleared once taken");
+        let b = q
+            .take_batch(10, usize::MAX, &ExternalLabels::default())
+            .unwrap();
+        assert_eq!(b.entries.len(), 1);
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.wait_done(target).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "not done while the batch is in flight"
+        );
+        q.complete_batch();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("done after completion")
+            .unwrap();
+
+        // Samples dropped because the queue is full count as finished too.
+        for i in 2..6 {
+            q.push(&a, Sample::new(0.0, i));
+        }
+        let target = q.request_flush();
+        let b = q
+            .take_batch(10, usize::MAX, &ExternalLabels::default())
+            .unwrap();
+        assert_eq!(b.entries.len(), 2, "capacity 2 kept the newest two");
+        q.complete_batch();
+        tokio::time::timeout(std::time::Duration::from_secs(1), q.wait_done(target))
+            .await
+            .expect("done");
+    }
+}

@@ -1,0 +1,579 @@
+//! Validated series (label sets), samples and the staleness marker.
+//!
+//! A [`Series`] is checked once, when it is built: labels are sorted by name, names are unique
+//! and valid, `__name__` is present and a valid metric name, and labels with an empty value are
+//! dropped (Prometheus treats an empty value as an absent label). Invalid input is an error
+//! here, at the API boundary, and can never reach the wire. The protobuf encoding of the labels
+//! is computed once and reused for every request the series appears in.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::proto;
+
+/// The bit pattern Prometheus uses to mark a series as stale (`StaleNaN`).
+///
+/// It is a signalling NaN distinct from [`f64::NAN`] (`0x7ff8000000000000`), so it must be
+/// produced with [`stale_nan`], never with a float operation.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// The name of the label that holds the metric name.
+pub const METRIC_NAME_LABEL: &str = "__name__";
+
+/// VictoriaMetrics' default limit of labels per series; it silently drops longer series.
+pub const MAX_LABELS: usize = 40;
+/// VictoriaMetrics' default limit on a label name's length in bytes.
+pub const MAX_LABEL_NAME_BYTES: usize = 256;
+/// VictoriaMetrics' default limit on a label value's length in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+
+/// The staleness marker value: a NaN with the bits [`STALE_NAN_BITS`].
+pub fn stale_nan() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+/// Whether `value` is the staleness marker (compares bits; an ordinary NaN is not).
+pub fn is_stale_nan(value: f64) -> bool {
+    value.to_bits() == STALE_NAN_BITS
+}
+
+/// One sample: a value at a point in time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The value. Any `f64`, including NaN and infinities.
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl Sample {
+    /// A sample of `value` at `timestamp_ms`.
+    pub fn new(value: f64, timestamp_ms: i64) -> Sample {
+        Sample {
+            value,
+            timestamp_ms,
+        }
+    }
+
+    /// A staleness marker at `timestamp_ms`.
+    pub fn stale(timestamp_ms: i64) -> Sample {
+        Sample::new(stale_nan(), timestamp_ms)
+    }
+
+    /// Whether this sample is a staleness marker.
+    pub fn is_stale(&self) -> bool {
+        is_stale_nan(self.value)
+    }
+}
+
+/// Why a label set was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeriesError {
+    /// No `__name__` label, or an empty one.
+    #[error("the series has no metric name (`__name__` is missing or empty)")]
+    MissingName,
+    /// `__name__` does not match `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    #[error("invalid metric name {0:?}: it must match [a-zA-Z_:][a-zA-Z0-9_:]*")]
+    InvalidMetricName(String),
+    /// A label name does not match `[a-zA-Z_][a-zA-Z0-9_]*`.
+    #[error("invalid label name {0:?}: it must match [a-zA-Z_][a-zA-Z0-9_]*")]
+    InvalidLabelName(String),
+    /// A label name other than `__name__` starts with the reserved `__` prefix.
+    #[error("label name {0:?} starts with the reserved prefix `__`")]
+    ReservedLabelName(String),
+    /// The same label name appears twice.
+    #[error("duplicate label name {0:?}")]
+    DuplicateLabelName(String),
+    /// More labels than VictoriaMetrics accepts.
+    #[error("the series has {0} labels; at most {MAX_LABELS} are accepted")]
+    TooManyLabels(usize),
+    /// A label name longer than VictoriaMetrics accepts.
+    #[error("label name {0:?}… is longer than {MAX_LABEL_NAME_BYTES} bytes")]
+    LabelNameTooLong(String),
+    /// A label value longer than VictoriaMetrics accepts.
+    #[error("the value of label {0:?} is longer than {MAX_LABEL_VALUE_BYTES} bytes")]
+    LabelValueTooLong(String),
+}
+
+/// Whether `name` is a valid metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_valid_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b':'))
+}
+
+/// Whether `name` is a valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_'))
+}
+
+/// Checks one label name (not `__name__`) and value; `Ok(false)` means "drop it" (empty value).
+fn check_label(name: &str, value: &str, allow_reserved: bool) -> Result<bool, SeriesError> {
+    if name.len() > MAX_LABEL_NAME_BYTES {
+        let cut = name.char_indices().nth(32).map_or(name.len(), |(i, _)| i);
+        return Err(SeriesError::LabelNameTooLong(name[..cut].to_owned()));
+    }
+    if !is_valid_label_name(name) {
+        return Err(SeriesError::InvalidLabelName(name.to_owned()));
+    }
+    if !allow_reserved && name.starts_with("__") {
+        return Err(SeriesError::ReservedLabelName(name.to_owned()));
+    }
+    if value.len() > MAX_LABEL_VALUE_BYTES {
+        return Err(SeriesError::LabelValueTooLong(name.to_owned()));
+    }
+    Ok(!value.is_empty())
+}
+
+/// Encodes one label as a `TimeSeries.labels` field entry (key, length, `Label` message).
+fn encode_label_field(name: &str, value: &str, out: &mut Vec<u8>) {
+    let label = proto::Label {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    // Field 1 of TimeSeries, wire type LEN.
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, out);
+    label
+        .encode_length_delimited(out)
+        .expect("a Vec<u8> grows as needed");
+}
+
+/// A sorted, validated label set whose protobuf encoding is computed once.
+///
+/// Cheap to clone (reference counted). Two series are equal when their label sets are equal.
+#[derive(Clone)]
+pub struct Series(Arc<Labels>);
+
+/// Labels sorted by name with their pre-encoded protobuf bytes.
+struct Labels {
+    pairs: Box<[(Box<str>, Box<str>)]>,
+    /// `TimeSeries.labels` field entries for every pair, concatenated in order.
+    encoded: Box<[u8]>,
+    /// `encoded[offsets[i]..offsets[i + 1]]` is pair `i`'s entry.
+    offsets: Box<[u32]>,
+}
+
+impl Labels {
+    fn new(pairs: Vec<(Box<str>, Box<str>)>) -> Labels {
+        let mut encoded =
+            Vec::with_capacity(pairs.iter().map(|(n, v)| n.len() + v.len() + 6).sum());
+        let mut offsets = Vec::with_capacity(pairs.len() + 1);
+        offsets.push(0);
+        for (name, value) in &pairs {
+            encode_label_field(name, value, &mut encoded);
+            offsets.push(encoded.len() as u32);
+        }
+        Labels {
+            pairs: pairs.into_boxed_slice(),
+            encoded: encoded.into_boxed_slice(),
+            offsets: offsets.into_boxed_slice(),
+        }
+    }
+
+    fn entry(&self, i: usize) -> &[u8] {
+        &self.encoded[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+impl Series {
+    /// A series named `name` with `labels` (which must not contain `__name__`).
+    pub fn new<K, V>(
+        name: &str,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Series, SeriesError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut all: Vec<(Box<str>, Box<str>)> = vec![(METRIC_NAME_LABEL.into(), name.into())];
+        all.extend(
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into())),
+        );
+        Series::from_pairs(all)
+    }
+
+    /// A series from a complete label set that includes `__name__`.
+    pub fn from_labels<K, V>(
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Series, SeriesError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        Series::from_pairs(
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+                .collect(),
+        )
+    }
+
+    fn from_pairs(mut pairs: Vec<(Box<str>, Box<str>)>) -> Result<Series, SeriesError> {
+        let mut has_name = false;
+        let mut keep = Vec::with_capacity(pairs.len());
+        for (name, value) in &pairs {
+            if &**name == METRIC_NAME_LABEL {
+                if value.is_empty() {
+                    return Err(SeriesError::MissingName);
+                }
+                if !is_valid_metric_name(value) {
+                    return Err(SeriesError::InvalidMetricName(value.to_string()));
+                }
+                has_name = true;
+                keep.push(true);
+            } else {
+                keep.push(check_label(name, value, false)?);
+            }
+        }
+        if !has_name {
+            return Err(SeriesError::MissingName);
+        }
+        let mut keep = keep.into_iter();
+        pairs.retain(|_| keep.next().unwrap_or(false));
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(SeriesError::DuplicateLabelName(w[0].0.to_string()));
+        }
+        if pairs.len() > MAX_LABELS {
+            return Err(SeriesError::TooManyLabels(pairs.len()));
+        }
+        Ok(Series(Arc::new(Labels::new(pairs))))
+    }
+
+    /// The metric name (the value of `__name__`).
+    pub fn name(&self) -> &str {
+        self.get(METRIC_NAME_LABEL).unwrap_or_default()
+    }
+
+    /// The value of label `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .pairs
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &*self.0.pairs[i].1)
+    }
+
+    /// All labels, sorted by name, `__name__` included.
+    pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.pairs.iter().map(|(n, v)| (&**n, &**v))
+    }
+
+    /// The labels' protobuf encoding: concatenated `TimeSeries.labels` field entries.
+    pub(crate) fn encoded_labels(&self) -> &[u8] {
+        &self.0.encoded
+    }
+
+    /// Label `i`'s name and its `TimeSeries.labels` field entry.
+    pub(crate) fn label_entry(&self, i: usize) -> (&str, &[u8]) {
+        (&self.0.pairs[i].0, self.0.entry(i))
+    }
+
+    /// The number of labels.
+    pub(crate) fn label_count(&self) -> usize {
+        self.0.pairs.len()
+    }
+
+    /// Whether both handles point at the same allocation (a cheap equality shortcut).
+    pub(crate) fn same_allocation(&self, other: &Series) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl PartialEq for Series {
+    fn eq(&self, other: &Series) -> bool {
+        self.same_allocation(other) || self.0.encoded == other.0.encoded
+    }
+}
+
+impl Eq for Series {}
+
+impl Hash for Series {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.encoded.hash(state);
+    }
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Series {
+    /// Prometheus notation: `name{a="1",b="2"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        f.write_str("{")?;
+        let mut first = true;
+        for (name, value) in self.labels().filter(|(n, _)| *n != METRIC_NAME_LABEL) {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{name}={value:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// Labels added to every series a client sends (e.g. `cluster="prod-a"`).
+///
+/// On a conflict the series' own label wins and the external label is not added, as in
+/// Prometheus' remote write. `__name__` cannot be an external label.
+#[derive(Clone, Default)]
+pub struct ExternalLabels(Option<Arc<Labels>>);
+
+impl ExternalLabels {
+    /// Validates `labels`: valid, unique, non-reserved names and non-empty values.
+    pub fn new<K, V>(
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<ExternalLabels, SeriesError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = Vec::new();
+        for (name, value) in labels {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            if !check_label(name, value, false)? {
+                continue;
+            }
+            pairs.push((name.into(), value.into()));
+        }
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(SeriesError::DuplicateLabelName(w[0].0.to_string()));
+        }
+        if pairs.is_empty() {
+            return Ok(ExternalLabels(None));
+        }
+        Ok(ExternalLabels(Some(Arc::new(Labels::new(pairs)))))
+    }
+
+    /// Whether there are no external labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The labels, sorted by name.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|l| l.pairs.iter().map(|(n, v)| (&**n, &**v)))
+    }
+
+    /// Writes `series`' label entries merged with these external labels, in name order, and
+    /// returns the number of bytes written. A series label shadows an external one.
+    pub(crate) fn write_merged(&self, series: &Series, out: &mut Vec<u8>) -> usize {
+        let Some(ext) = &self.0 else {
+            out.extend_from_slice(series.encoded_labels());
+            return series.encoded_labels().len();
+        };
+        let start = out.len();
+        let (mut i, mut j) = (0, 0);
+        let (n, m) = (series.label_count(), ext.pairs.len());
+        while i < n || j < m {
+            if j == m {
+                out.extend_from_slice(series.label_entry(i).1);
+                i += 1;
+                continue;
+            }
+            let ext_name = &*ext.pairs[j].0;
+            if i == n {
+                out.extend_from_slice(ext.entry(j));
+                j += 1;
+                continue;
+            }
+            let (name, entry) = series.label_entry(i);
+            match name.cmp(ext_name) {
+                std::cmp::Ordering::Less => {
+                    out.extend_from_slice(entry);
+                    i += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.extend_from_slice(entry);
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.extend_from_slice(ext.entry(j));
+                    j += 1;
+                }
+            }
+        }
+        out.len() - start
+    }
+
+    /// An upper bound of the bytes [`ExternalLabels::write_merged`] adds to a series' labels.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |l| l.encoded.len())
+    }
+}
+
+impl fmt::Debug for ExternalLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.labels()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sorted_and_empty_values_dropped() {
+        let s = Series::new("up", [("job", "x"), ("a", "1"), ("empty", "")]).unwrap();
+        let labels: Vec<_> = s.labels().collect();
+        assert_eq!(labels, vec![("__name__", "up"), ("a", "1"), ("job", "x")]);
+        assert_eq!(s.name(), "up");
+        assert_eq!(s.get("job"), Some("x"));
+        assert_eq!(s.get("empty"), None);
+        assert_eq!(s.to_string(), r#"up{a="1",job="x"}"#);
+    }
+
+    #[test]
+    fn validation_table() {
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Result<(), SeriesError>);
+        let long_name = "a".repeat(MAX_LABEL_NAME_BYTES + 1);
+        let long_value = "v".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        let many: Vec<(String, String)> = (0..MAX_LABELS)
+            .map(|i| (format!("l{i}"), "v".into()))
+            .collect();
+        let cases: Vec<Case> = vec![
+            ("ok", vec![("a", "b")], Ok(())),
+            ("ok:colon_name", vec![], Ok(())),
+            ("_leading_underscore", vec![("_x", "1")], Ok(())),
+            ("", vec![], Err(SeriesError::MissingName)),
+            (
+                "1abc",
+                vec![],
+                Err(SeriesError::InvalidMetricName("1abc".into())),
+            ),
+            (
+                "a-b",
+                vec![],
+                Err(SeriesError::InvalidMetricName("a-b".into())),
+            ),
+            (
+                "ok",
+                vec![("bad-name", "1")],
+                Err(SeriesError::InvalidLabelName("bad-name".into())),
+            ),
+            (
+                "ok",
+                vec![("a:b", "1")],
+                Err(SeriesError::InvalidLabelName("a:b".into())),
+            ),
+            (
+                "ok",
+                vec![("9a", "1")],
+                Err(SeriesError::InvalidLabelName("9a".into())),
+            ),
+            (
+                "ok",
+                vec![("", "1")],
+                Err(SeriesError::InvalidLabelName("".into())),
+            ),
+            (
+                "ok",
+                vec![("é", "1")],
+                Err(SeriesError::InvalidLabelName("é".into())),
+            ),
+            (
+                "ok",
+                vec![("__x", "1")],
+                Err(SeriesError::ReservedLabelName("__x".into())),
+            ),
+            (
+                "ok",
+                vec![("__name__", "other")],
+                Err(SeriesError::DuplicateLabelName("__name__".into())),
+            ),
+            (
+                "ok",
+                vec![("a", "1"), ("a", "2")],
+                Err(SeriesError::DuplicateLabelName("a".into())),
+            ),
+            (
+                "ok",
+                vec![(&long_name, "1")],
+                Err(SeriesError::LabelNameTooLong("a".repeat(32))),
+            ),
+            (
+                "ok",
+                vec![("a", &long_value)],
+                Err(SeriesError::LabelValueTooLong("a".into())),
+            ),
+        ];
+        for (name, labels, want) in cases {
+            let got = Series::new(name, labels.clone()).map(|_| ());
+            assert_eq!(got, want, "{name} {labels:?}");
+        }
+        // 40 labels plus __name__ is one too many.
+        assert_eq!(
+            Series::new("ok", many.clone()).map(|_| ()),
+            Err(SeriesError::TooManyLabels(MAX_LABELS + 1))
+        );
+        assert!(Series::new("ok", many[1..].to_vec()).is_ok());
+        // Values may hold anything (quotes, newlines, non-ASCII).
+        assert!(Series::new("ok", [("a", "\"\n}ü")]).is_ok());
+        // A duplicate with an empty value is dropped before the duplicate check.
+        assert!(Series::new("ok", [("a", "1"), ("a", "")]).is_ok());
+    }
+
+    #[test]
+    fn from_labels_requires_name() {
+        assert_eq!(
+            Series::from_labels([("a", "1")]).map(|_| ()),
+            Err(SeriesError::MissingName)
+        );
+        let s = Series::from_labels([("a", "1"), ("__name__", "m")]).unwrap();
+        assert_eq!(s, Series::new("m", [("a", "1")]).unwrap());
+    }
+
+    #[test]
+    fn stale_nan_bits() {
+        let v = stale_nan();
+        assert!(v.is_nan());
+        assert_eq!(v.to_bits(), 0x7ff0_0000_0000_0002);
+        assert!(is_stale_nan(v));
+        assert!(!is_stale_nan(f64::NAN));
+        assert_ne!(f64::NAN.to_bits(), STALE_NAN_BITS);
+        assert!(Sample::stale(5).is_stale());
+        assert!(!Sample::new(f64::NAN, 5).is_stale());
+    }
+
+    #[test]
+    fn equality_and_hash_follow_labels() {
+        use std::collections::HashSet;
+        let a = Series::new("m", [("x", "1"), ("y", "2")]).unwrap();
+        let b = Series::new("m", [("y", "2"), ("x", "1")]).unwrap();
+        let c = Series::new("m", [("x", "1")]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let set: HashSet<Series> = [a, b, c].into_iter().collect();
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn external_labels_validation() {
+        assert!(ExternalLabels::new([("cluster", "a")]).is_ok());
+        assert!(ExternalLabels::new([("cluster", "")]).unwrap().is_empty());
+        assert_eq!(
+            ExternalLabels::new([("__name__", "x")]).map(|_| ()),
+            Err(SeriesError::ReservedLabelName("__name__".into()))
+        );
+        assert_eq!(
+            ExternalLabels::new([("c", "1"), ("c", "2")]).map(|_| ()),
+            Err(SeriesError::DuplicateLabelName("c".into()))
+        );
+    }
+}
