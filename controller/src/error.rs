@@ -1,0 +1,32 @@
+//! The crate's error type.
+
+/// Errors of the controller library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be serialized.
+    #[error("serialization: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// YAML input or output failed.
+    #[error("YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Input that is not what it should be.
+    #[error("{0}")]
+    Input(String),
+    /// An object lacks a field the controller needs (e.g. a namespace).
+    #[error("object is missing {0}")]
+    MissingField(&'static str),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,14 @@
+//! pie-controller: reconciles PieProbes into probe CronJobs and PVCs.
+//!
+//! Domain logic lives in [`plan`] (pure functions, no Kubernetes I/O); [`reconcile`] is the thin
+//! kube-runtime wiring around it.
+
+pub mod crd;
+pub mod error;
+pub mod offline;
+pub mod plan;
+
+pub use error::Error;
+
+#[cfg(test)]
+mod fixtures;

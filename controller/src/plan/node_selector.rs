@@ -1,0 +1,209 @@
+//! Kubernetes NodeSelector semantics, evaluated against a Node.
+//!
+//! Terms are ORed, requirements within a term ANDed. Label requirements support `In`, `NotIn`,
+//! `Exists`, `DoesNotExist`, `Gt` and `Lt`; field requirements support `metadata.name` only (as
+//! the scheduler does). An empty term matches nothing (Kubernetes: "a null or empty node selector
+//! term matches no objects"). An absent selector, or one with no terms, matches every node, as pie
+//! does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+
+/// Whether `selector` selects `node`. `None` or no terms select every node.
+pub fn matches(selector: Option<&NodeSelector>, node: &Node) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    if selector.node_selector_terms.is_empty() {
+        return true;
+    }
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    selector
+        .node_selector_terms
+        .iter()
+        .any(|term| term_matches(term, labels, name))
+}
+
+/// Whether selecting every node is what `selector` means (so no node affinity is needed).
+pub fn selects_all(selector: Option<&NodeSelector>) -> bool {
+    selector.is_none_or(|s| s.node_selector_terms.is_empty())
+}
+
+fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            // The scheduler supports only metadata.name; any other field selects nothing.
+            r.key == "metadata.name" && requirement_matches(r, Some(name))
+        })
+}
+
+fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = req.values.as_deref().unwrap_or_default();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), [bound]) = (value, values) else {
+                return false;
+            };
+            let (Ok(v), Ok(bound)) = (v.parse::<i64>(), bound.parse::<i64>()) else {
+                return false;
+            };
+            if req.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::NodeBuilder;
+
+    fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    fn term(
+        exprs: Vec<NodeSelectorRequirement>,
+        fields: Vec<NodeSelectorRequirement>,
+    ) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: (!exprs.is_empty()).then_some(exprs),
+            match_fields: (!fields.is_empty()).then_some(fields),
+        }
+    }
+
+    fn sel(terms: Vec<NodeSelectorTerm>) -> NodeSelector {
+        NodeSelector {
+            node_selector_terms: terms,
+        }
+    }
+
+    #[test]
+    fn operator_table() {
+        let node = NodeBuilder::new("worker-1")
+            .label("role", "compute")
+            .label("cores", "16")
+            .label("zone", "a")
+            .build();
+        let cases: &[(NodeSelectorRequirement, bool)] = &[
+            (req("role", "In", &["compute"]), true),
+            (req("role", "In", &["storage", "compute"]), true),
+            (req("role", "In", &["storage"]), false),
+            (req("missing", "In", &["x"]), false),
+            (req("role", "NotIn", &["storage"]), true),
+            (req("role", "NotIn", &["compute"]), false),
+            (req("missing", "NotIn", &["x"]), true),
+            (req("role", "Exists", &[]), true),
+            (req("missing", "Exists", &[]), false),
+            (req("role", "DoesNotExist", &[]), false),
+            (req("missing", "DoesNotExist", &[]), true),
+            (req("cores", "Gt", &["8"]), true),
+            (req("cores", "Gt", &["16"]), false),
+            (req("cores", "Lt", &["32"]), true),
+            (req("cores", "Lt", &["16"]), false),
+            (req("cores", "Gt", &["8", "9"]), false),
+            (req("role", "Gt", &["1"]), false),
+            (req("cores", "Gt", &["x"]), false),
+            (req("missing", "Lt", &["100"]), false),
+            (req("role", "Matches", &["compute"]), false),
+        ];
+        for (r, want) in cases {
+            let s = sel(vec![term(vec![r.clone()], vec![])]);
+            assert_eq!(
+                matches(Some(&s), &node),
+                *want,
+                "{} {} {:?}",
+                r.key,
+                r.operator,
+                r.values
+            );
+        }
+    }
+
+    #[test]
+    fn match_fields_on_metadata_name() {
+        let node = NodeBuilder::new("worker-1").build();
+        let cases: &[(NodeSelectorRequirement, bool)] = &[
+            (req("metadata.name", "In", &["worker-1"]), true),
+            (req("metadata.name", "In", &["worker-2"]), false),
+            (req("metadata.name", "NotIn", &["worker-2"]), true),
+            (req("metadata.name", "NotIn", &["worker-1"]), false),
+            (req("metadata.uid", "In", &["worker-1"]), false),
+        ];
+        for (r, want) in cases {
+            let s = sel(vec![term(vec![], vec![r.clone()])]);
+            assert_eq!(matches(Some(&s), &node), *want, "{} {}", r.operator, r.key);
+        }
+    }
+
+    #[test]
+    fn terms_or_expressions_and() {
+        let node = NodeBuilder::new("n1")
+            .label("a", "1")
+            .label("b", "2")
+            .build();
+        let a = req("a", "In", &["1"]);
+        let b_wrong = req("b", "In", &["3"]);
+        let name = req("metadata.name", "In", &["n1"]);
+        // AND within a term: one failing requirement fails the term.
+        assert!(!matches(
+            Some(&sel(vec![term(vec![a.clone(), b_wrong.clone()], vec![])])),
+            &node
+        ));
+        // Labels and fields are ANDed too.
+        assert!(matches(
+            Some(&sel(vec![term(vec![a.clone()], vec![name.clone()])])),
+            &node
+        ));
+        assert!(!matches(
+            Some(&sel(vec![term(vec![b_wrong.clone()], vec![name])])),
+            &node
+        ));
+        // OR across terms.
+        assert!(matches(
+            Some(&sel(vec![
+                term(vec![b_wrong.clone()], vec![]),
+                term(vec![a], vec![])
+            ])),
+            &node
+        ));
+        assert!(!matches(
+            Some(&sel(vec![term(vec![b_wrong], vec![])])),
+            &node
+        ));
+    }
+
+    #[test]
+    fn empty_selector_semantics() {
+        let node = NodeBuilder::new("n1").build();
+        // No selector or no terms: every node, like pie.
+        assert!(matches(None, &node));
+        assert!(matches(Some(&sel(vec![])), &node));
+        assert!(selects_all(None) && selects_all(Some(&sel(vec![]))));
+        // An empty term matches nothing, and does not make the selector match everything.
+        assert!(!matches(Some(&sel(vec![term(vec![], vec![])])), &node));
+        assert!(!selects_all(Some(&sel(vec![term(vec![], vec![])]))));
+    }
+}

@@ -1,0 +1,521 @@
+//! Table tests of the whole plan: objects, eligibility, disable flags, validation, deletions.
+
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::*;
+use crate::fixtures::{NodeBuilder, PieProbeBuilder, config};
+
+fn three_nodes() -> Vec<Node> {
+    vec![
+        NodeBuilder::new("worker-1")
+            .label("role", "compute")
+            .build(),
+        NodeBuilder::new("worker-2")
+            .label("role", "compute")
+            .build(),
+        NodeBuilder::new("master-1")
+            .label("role", "control")
+            .build(),
+    ]
+}
+
+fn pod(cj: &CronJob) -> &PodSpec {
+    cj.spec
+        .as_ref()
+        .unwrap()
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+fn pod_labels(cj: &CronJob) -> &std::collections::BTreeMap<String, String> {
+    let spec = cj
+        .spec
+        .as_ref()
+        .unwrap()
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap();
+    spec.template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap()
+}
+
+#[test]
+fn plans_provision_and_a_mount_probe_per_matching_node() {
+    let probe = PieProbeBuilder::new("probe", "standard")
+        .selector_in("role", &["compute"])
+        .build();
+    let p = plan(&probe, &three_nodes(), true, &config()).unwrap();
+    let names: Vec<_> = p
+        .cron_jobs
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            names::provision_cronjob("probe", "standard"),
+            names::mount_cronjob("probe", "worker-1", "standard"),
+            names::mount_cronjob("probe", "worker-2", "standard"),
+        ]
+    );
+    let pvcs: Vec<_> = p
+        .pvcs
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        pvcs,
+        [
+            names::pvc("probe", "worker-1", "standard"),
+            names::pvc("probe", "worker-2", "standard")
+        ]
+    );
+    assert_eq!(p.nodes.len(), 2);
+    assert!(
+        p.nodes
+            .iter()
+            .all(|n| n.ineligible.is_none() && n.gauge() == 1.0)
+    );
+}
+
+#[test]
+fn mount_cron_job_content() {
+    let probe = PieProbeBuilder::new("probe", "standard")
+        .spec(|s| {
+            s.probe_period = 7;
+            s.resources = Some(ResourceRequirements {
+                limits: Some([("memory".to_owned(), Quantity("64Mi".into()))].into()),
+                ..Default::default()
+            });
+            s.tolerations = Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]);
+            s.priority_class_name = Some("system-node-critical".into());
+        })
+        .build();
+    let cj = objects::mount_cron_job(&probe, "10.0.0.1", false, &config());
+    let spec = cj.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.schedule,
+        names::schedule("probe", "standard", "10.0.0.1", 7)
+    );
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(spec.successful_jobs_history_limit, Some(0));
+    assert_eq!(spec.suspend, Some(false));
+    let job = spec.job_template.spec.as_ref().unwrap();
+    assert_eq!(job.backoff_limit, Some(0));
+    assert_eq!(job.active_deadline_seconds, Some(7 * 60 - 10));
+
+    let labels = pod_labels(&cj);
+    for (k, v) in [
+        ("storage-class", "standard"),
+        ("pie-probe", "probe"),
+        ("node", "10.0.0.1"),
+        ("app.kubernetes.io/managed-by", "pie-controller"),
+        ("app.kubernetes.io/component", "mount-probe"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(cj.metadata.labels.as_ref(), Some(labels));
+
+    let pod = pod(&cj);
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(5));
+    assert_eq!(pod.service_account_name.as_deref(), Some("pie-probe"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert_eq!(pod.tolerations, probe.spec.tolerations);
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(
+        (psc.run_as_user, psc.run_as_group, psc.fs_group),
+        (Some(1001), Some(1001), Some(1001))
+    );
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+
+    let affinity = pod
+        .affinity
+        .as_ref()
+        .unwrap()
+        .node_affinity
+        .as_ref()
+        .unwrap();
+    let term = &affinity
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()
+        .node_selector_terms[0];
+    assert!(
+        term.match_expressions.is_none(),
+        "must not pin by the hostname label"
+    );
+    let field = &term.match_fields.as_ref().unwrap()[0];
+    assert_eq!(
+        (field.key.as_str(), field.operator.as_str()),
+        ("metadata.name", "In")
+    );
+    assert_eq!(field.values.as_deref(), Some(&["10.0.0.1".to_owned()][..]));
+
+    let c = &pod.containers[0];
+    assert_eq!(c.name, "probe");
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/pie-rs/pie-agent:test"));
+    assert_eq!(
+        c.args.as_deref().unwrap(),
+        [
+            "mount-probe",
+            "--controller-url",
+            "http://pie-controller.pie.svc:8082",
+            "--path",
+            "/mounted",
+            "--node-name",
+            "10.0.0.1",
+            "--storage-class",
+            "standard",
+            "--pie-probe-name",
+            "probe",
+            "--token-file",
+            "/var/run/secrets/pie/token"
+        ]
+    );
+    assert_eq!(c.resources, probe.spec.resources);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/mounted") && mounts.contains(&"/var/run/secrets/pie"));
+
+    let volumes = pod.volumes.as_ref().unwrap();
+    let pvc = volumes
+        .iter()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .unwrap();
+    assert_eq!(pvc.claim_name, names::pvc("probe", "10.0.0.1", "standard"));
+    let token = volumes
+        .iter()
+        .find_map(|v| v.projected.as_ref())
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("pie-controller"));
+    assert_eq!(token.path, "token");
+
+    let owner = &cj.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+        ("PieProbe", "probe", "uid-probe")
+    );
+    assert_eq!(
+        (owner.controller, owner.block_owner_deletion),
+        (Some(true), Some(true))
+    );
+    assert_eq!(cj.metadata.namespace.as_deref(), Some("pie"));
+    assert!(cj.metadata.finalizers.is_none());
+}
+
+#[test]
+fn provision_cron_job_content() {
+    let probe = PieProbeBuilder::new("probe", "standard")
+        .selector_in("role", &["compute"])
+        .spec(|s| s.pvc_capacity = Quantity("1Gi".into()))
+        .build();
+    let cj = objects::provision_cron_job(&probe, &config());
+    assert_eq!(
+        cj.metadata.name.as_deref(),
+        Some(names::provision_cronjob("probe", "standard").as_str())
+    );
+    assert_eq!(
+        cj.spec.as_ref().unwrap().schedule,
+        names::schedule("probe", "standard", "", 1)
+    );
+    let labels = pod_labels(&cj);
+    assert!(!labels.contains_key("node"));
+    assert_eq!(labels["app.kubernetes.io/component"], "provision-probe");
+    let pod = pod(&cj);
+    let eph = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|v| v.ephemeral.as_ref())
+        .unwrap();
+    let claim = &eph.volume_claim_template.as_ref().unwrap().spec;
+    assert_eq!(claim.storage_class_name.as_deref(), Some("standard"));
+    assert_eq!(
+        claim.access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_owned()][..])
+    );
+    assert_eq!(
+        claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+        Quantity("1Gi".into())
+    );
+    let affinity = pod
+        .affinity
+        .as_ref()
+        .unwrap()
+        .node_affinity
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        affinity.required_during_scheduling_ignored_during_execution,
+        probe.spec.node_selector
+    );
+    assert_eq!(
+        pod.containers[0].args.as_deref().unwrap(),
+        ["provision-probe", "--path", "/mounted"]
+    );
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(1001));
+    // Without a selector the provision Pod may run anywhere: no affinity at all.
+    let anywhere = objects::provision_cron_job(
+        &PieProbeBuilder::new("probe", "standard").build(),
+        &config(),
+    );
+    assert!(pod_labels(&anywhere).contains_key("pie-probe"));
+    assert!(self::pod(&anywhere).affinity.is_none());
+}
+
+#[test]
+fn pvc_content() {
+    let probe = PieProbeBuilder::new("probe", "standard").build();
+    let pvc = objects::mount_pvc(&probe, "worker-1");
+    let spec = pvc.spec.as_ref().unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
+    assert_eq!(
+        spec.access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_owned()][..])
+    );
+    assert_eq!(
+        spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+        Quantity("100Mi".into())
+    );
+    assert_eq!(pvc.metadata.labels.as_ref().unwrap()["node"], "worker-1");
+    assert_eq!(
+        pvc.metadata.owner_references.as_ref().unwrap()[0].controller,
+        Some(true)
+    );
+}
+
+#[test]
+fn ineligible_nodes_keep_their_pvc_and_get_a_suspended_cron_job() {
+    let probe = PieProbeBuilder::new("probe", "sc").build();
+    let nodes = vec![
+        NodeBuilder::new("a").build(),
+        NodeBuilder::new("b").ready(false).build(),
+        NodeBuilder::new("c").unschedulable().build(),
+        NodeBuilder::new("d")
+            .taint("maint", None, "NoExecute")
+            .build(),
+    ];
+    let p = plan(&probe, &nodes, true, &config()).unwrap();
+    assert_eq!(p.pvcs.len(), 4);
+    let suspended: Vec<_> = p.cron_jobs[1..]
+        .iter()
+        .map(|c| c.spec.as_ref().unwrap().suspend)
+        .collect();
+    assert_eq!(suspended, [Some(false), Some(true), Some(true), Some(true)]);
+    let reasons: Vec<_> = p
+        .nodes
+        .iter()
+        .map(|n| n.ineligible.as_ref().map(ToString::to_string))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some("NotReady".into()),
+            Some("Unschedulable".into()),
+            Some("Taint maint:NoExecute".into())
+        ]
+    );
+    assert_eq!(p.nodes[1].gauge(), 0.0);
+    // Tolerating the taint makes the node eligible again.
+    let tolerant = PieProbeBuilder::new("probe", "sc")
+        .spec(|s| {
+            s.tolerations = Some(vec![Toleration {
+                key: Some("maint".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }])
+        })
+        .build();
+    let p = plan(&tolerant, &nodes, true, &config()).unwrap();
+    assert!(p.nodes[3].ineligible.is_none());
+}
+
+#[test]
+fn disable_flags() {
+    let nodes = three_nodes();
+    let no_provision = PieProbeBuilder::new("p", "sc")
+        .spec(|s| s.disable_provision_probe = true)
+        .build();
+    let p = plan(&no_provision, &nodes, true, &config()).unwrap();
+    assert_eq!((p.cron_jobs.len(), p.pvcs.len()), (3, 3));
+    assert!(
+        p.cron_jobs
+            .iter()
+            .all(|c| c.metadata.name.as_deref().unwrap().starts_with("mount-"))
+    );
+
+    let no_mount = PieProbeBuilder::new("p", "sc")
+        .spec(|s| s.disable_mount_probes = true)
+        .build();
+    let p = plan(&no_mount, &nodes, true, &config()).unwrap();
+    assert_eq!((p.cron_jobs.len(), p.pvcs.len(), p.nodes.len()), (1, 0, 0));
+
+    let neither = PieProbeBuilder::new("p", "sc")
+        .spec(|s| {
+            s.disable_mount_probes = true;
+            s.disable_provision_probe = true;
+        })
+        .build();
+    assert_eq!(
+        plan(&neither, &nodes, true, &config()).unwrap(),
+        Plan::default()
+    );
+}
+
+#[test]
+fn validation_table() {
+    let cases: &[(i32, &str, Option<&str>)] = &[
+        (1, "10s", None),
+        (1, "59s", None),
+        (5, "4m59s", None),
+        (1, "1m", None),
+        (
+            1,
+            "61s",
+            Some("probePeriod (1m) must not be shorter than probeThreshold (61s)"),
+        ),
+        (
+            1,
+            "2m",
+            Some("probePeriod (1m) must not be shorter than probeThreshold (2m)"),
+        ),
+        (1, "0s", Some("probeThreshold (0s) must be positive")),
+        (1, "-5s", Some("probeThreshold (-5s) must be positive")),
+        (
+            0,
+            "10s",
+            Some("probePeriod (0) must be between 1 and 59 minutes"),
+        ),
+        (
+            60,
+            "10s",
+            Some("probePeriod (60) must be between 1 and 59 minutes"),
+        ),
+    ];
+    for (period, threshold, want) in cases {
+        let probe = PieProbeBuilder::new("p", "sc")
+            .spec(|s| {
+                s.probe_period = *period;
+                s.probe_threshold = (*threshold).into();
+            })
+            .build();
+        let got = validate(&probe).err().map(|b| b.to_string());
+        assert_eq!(got.as_deref(), *want, "{period} {threshold}");
+    }
+    let garbage = PieProbeBuilder::new("p", "sc")
+        .spec(|s| s.probe_threshold = "soon".into())
+        .build();
+    let err = plan(&garbage, &[], true, &config()).unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    assert!(
+        err.to_string()
+            .starts_with("probeThreshold (soon) is not a duration")
+    );
+}
+
+#[test]
+fn missing_storage_class_blocks_everything() {
+    let probe = PieProbeBuilder::new("p", "gone").build();
+    let err = plan(&probe, &three_nodes(), false, &config()).unwrap_err();
+    assert_eq!(err, Blocked::StorageClassNotFound("gone".into()));
+    assert_eq!(err.reason(), "StorageClassNotFound");
+}
+
+#[test]
+fn stale_objects_are_those_we_control_but_no_longer_want() {
+    let probe = PieProbeBuilder::new("p", "sc").build();
+    let existing = |name: &str, owner: Option<&str>| Existing {
+        name: name.into(),
+        uid: Some(format!("uid-{name}")),
+        resource_version: Some("7".into()),
+        controller_uid: owner.map(Into::into),
+    };
+    let objects = vec![
+        existing("keep", Some("uid-p")),
+        existing("old-node", Some("uid-p")),
+        existing("someone-elses", Some("uid-other")),
+        existing("orphan", None),
+    ];
+    let desired = BTreeSet::from(["keep"]);
+    let stale: Vec<_> = stale(&probe, &desired, &objects)
+        .into_iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(stale, ["old-node"]);
+}
+
+#[test]
+fn desired_hash_changes_with_content_only() {
+    let probe = PieProbeBuilder::new("p", "sc").build();
+    let a = with_desired_hash(objects::mount_cron_job(&probe, "n", false, &config()));
+    let again = with_desired_hash(a.clone());
+    assert_eq!(a, again, "re-hashing an annotated object is stable");
+    let suspended = with_desired_hash(objects::mount_cron_job(&probe, "n", true, &config()));
+    let hash = |c: &CronJob| {
+        c.metadata.annotations.as_ref().unwrap()[objects::ANNOTATION_DESIRED_HASH].clone()
+    };
+    assert_ne!(hash(&a), hash(&suspended));
+    assert_eq!(hash(&a).len(), 40);
+}
+
+#[test]
+fn duplicate_and_unnamed_nodes_are_ignored() {
+    let probe = PieProbeBuilder::new("p", "sc").build();
+    let mut unnamed = NodeBuilder::new("x").build();
+    unnamed.metadata.name = None;
+    let nodes = vec![
+        NodeBuilder::new("b").build(),
+        NodeBuilder::new("a").build(),
+        NodeBuilder::new("a").build(),
+        unnamed,
+    ];
+    let p = plan(&probe, &nodes, true, &config()).unwrap();
+    let got: Vec<_> = p.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(got, ["a", "b"]);
+}
