@@ -47,7 +47,7 @@ pub fn encode_write_request(
     while i < entries.len() {
         let series = &entries[i].0;
         let mut j = i + 1;
-        while j < entries.len() && entries[j].0.same_allocation(series) {
+        while j < entries.len() && entries[j].0 == *series {
             j += 1;
         }
         scratch.clear();
