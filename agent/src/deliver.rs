@@ -24,6 +24,8 @@ pub const RESULTS_PATH: &str = "/api/v1/results";
 const MIN_DELAY: Duration = Duration::from_millis(200);
 /// Longest retry delay (before jitter).
 const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Time left for the last attempt when the backoff would overshoot the deadline.
+const LAST_ATTEMPT_MARGIN: Duration = Duration::from_millis(100);
 /// Longest controller message quoted in an error.
 const MAX_MESSAGE_LEN: usize = 300;
 
@@ -152,15 +154,20 @@ impl Deliverer {
             .sleep(tokio::time::sleep)
             .when(|e| matches!(e, AttemptError::Retryable { .. }))
             .adjust(|e, delay| {
-                let delay = match e {
+                let remaining = ends.saturating_duration_since(Instant::now());
+                match e {
+                    // The controller said when; coming back earlier is pointless, and after the
+                    // deadline impossible.
                     AttemptError::Retryable {
                         retry_after: Some(after),
                         ..
-                    } => Some(*after),
-                    _ => delay,
-                }?;
-                // A retry that would start after the deadline is not worth waiting for.
-                (Instant::now() + delay < ends).then_some(delay)
+                    } => (*after < remaining).then_some(*after),
+                    // Our own backoff: squeeze in a last attempt shortly before the deadline.
+                    _ => {
+                        let latest = remaining.checked_sub(LAST_ATTEMPT_MARGIN)?;
+                        delay.map(|d| d.min(latest))
+                    }
+                }
             })
             .notify(|e, delay| {
                 if let AttemptError::Retryable { reason, .. } = e {
