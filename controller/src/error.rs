@@ -23,6 +23,9 @@ pub enum Error {
     /// Input that is not what it should be.
     #[error("{0}")]
     Input(String),
+    /// Nothing can be planned for a PieProbe (invalid spec, missing StorageClass).
+    #[error("not planned: {0}")]
+    Blocked(#[from] crate::plan::Blocked),
     /// An object lacks a field the controller needs (e.g. a namespace).
     #[error("object is missing {0}")]
     MissingField(&'static str),

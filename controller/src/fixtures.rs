@@ -131,3 +131,61 @@ pub fn config() -> Config {
         image_pull_secrets: vec!["regcred".into()],
     }
 }
+
+/// A fake API server for reconciler tests: each `expect` takes the next request the client
+/// sent, asserts its method and path+query, answers `response` (or echoes the request body when
+/// `response` is null, as the API server does for an apply or a create), and returns the body.
+pub struct ApiServerVerifier(
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
+);
+
+impl std::fmt::Debug for ApiServerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiServerVerifier")
+    }
+}
+
+impl ApiServerVerifier {
+    /// A mock client and the verifier that answers for it.
+    pub fn new() -> (kube::Client, Self) {
+        let (service, handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        (kube::Client::new(service, "default"), Self(handle))
+    }
+
+    /// Takes the next request; asserts method and path (with query); answers `response`, or
+    /// the request body itself when `response` is null.
+    pub async fn expect(
+        &mut self,
+        method: http::Method,
+        path_and_query: &str,
+        response: serde_json::Value,
+    ) -> serde_json::Value {
+        let (request, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {method} {path_and_query}"))
+                .expect("client dropped");
+        assert_eq!(request.method(), method, "method of {}", request.uri());
+        assert_eq!(
+            request.uri().path_and_query().unwrap().as_str(),
+            path_and_query
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let body = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        let response =
+            serde_json::to_vec(if response.is_null() { &body } else { &response }).unwrap();
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(response))
+                .unwrap(),
+        );
+        body
+    }
+}

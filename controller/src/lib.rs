@@ -7,6 +7,8 @@ pub mod crd;
 pub mod error;
 pub mod offline;
 pub mod plan;
+pub mod reconcile;
+pub mod status;
 
 pub use error::Error;
 

@@ -8,6 +8,7 @@ pub mod names;
 pub mod node_selector;
 pub mod objects;
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
@@ -146,10 +147,11 @@ pub fn validate(probe: &PieProbe) -> Result<(), Blocked> {
     Ok(())
 }
 
-/// The desired objects for `probe`, given every Node and whether its StorageClass exists.
-pub fn plan(
+/// The desired objects for `probe`, given every Node (owned, or `Arc`s from a watch cache) and
+/// whether its StorageClass exists.
+pub fn plan<N: Borrow<Node>>(
     probe: &PieProbe,
-    nodes: &[Node],
+    nodes: &[N],
     storage_class_exists: bool,
     config: &Config,
 ) -> Result<Plan, Blocked> {
@@ -171,6 +173,7 @@ pub fn plan(
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     let mut selected: Vec<(&str, &Node)> = nodes
         .iter()
+        .map(Borrow::borrow)
         .filter(|n| node_selector::matches(spec.node_selector.as_ref(), n))
         .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
         .collect();

@@ -451,7 +451,7 @@ fn validation_table() {
     let garbage = PieProbeBuilder::new("p", "sc")
         .spec(|s| s.probe_threshold = "soon".into())
         .build();
-    let err = plan(&garbage, &[], true, &config()).unwrap_err();
+    let err = plan(&garbage, &[] as &[Node], true, &config()).unwrap_err();
     assert_eq!(err.reason(), "InvalidSpec");
     assert!(
         err.to_string()

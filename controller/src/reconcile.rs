@@ -1,0 +1,322 @@
+//! The PieProbe reconciler: the thin I/O layer around [`crate::plan`].
+//!
+//! Reads come from watch caches ([`Stores`]); writes are server-side applies with field manager
+//! `pie-controller`, skipped when the object's desired-hash annotation already matches, and
+//! deletions with UID + resourceVersion preconditions. Deleting a PieProbe leaves cleanup to the
+//! ownerReferences (garbage collector).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::crd::{PieProbe, PieProbeStatus};
+use crate::error::{Error, Result};
+use crate::plan::{self, Existing, NodeEligibility, Plan, objects};
+use crate::status;
+
+/// Watch caches the reconciler reads instead of calling the API server.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// Nodes, stripped of what the controller does not use (see [`crate::watch::strip_node`]).
+    pub nodes: Store<Node>,
+    /// StorageClasses, metadata only.
+    pub storage_classes: Store<PartialObjectMeta<StorageClass>>,
+    /// CronJobs managed by pie-controller, metadata only.
+    pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
+    /// PVCs managed by pie-controller, metadata only.
+    pub pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+}
+
+/// Per-PieProbe node eligibility, keyed by (namespace, name): plain data for the
+/// `pie_node_eligible` gauge.
+pub type EligibilityMap = BTreeMap<(String, String), Vec<NodeEligibility>>;
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Settings that shape the probe objects.
+    pub config: plan::Config,
+    /// Watch caches.
+    pub stores: Stores,
+    /// Publishes Kubernetes Events on PieProbes.
+    pub recorder: Recorder,
+    /// Latest per-node eligibility of every reconciled PieProbe.
+    pub eligibility: RwLock<EligibilityMap>,
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context around `client` and the watch caches.
+    pub fn new(client: Client, config: plan::Config, stores: Stores, recorder: Recorder) -> Self {
+        Self {
+            client,
+            config,
+            stores,
+            recorder,
+            eligibility: RwLock::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Node eligibility of the PieProbes that still exist in `probes` (entries of deleted
+    /// PieProbes are dropped), for the `pie_node_eligible{pie_probe_name,node,storage_class}` gauge.
+    pub fn node_eligibility(&self, probes: &Store<PieProbe>) -> Vec<NodeEligibility> {
+        let mut map = self.eligibility.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(ns, name), _| probes.get(&ObjectRef::new(name).within(ns)).is_some());
+        map.values().flatten().cloned().collect()
+    }
+}
+
+fn key(probe: &PieProbe) -> (String, String) {
+    (probe.namespace().unwrap_or_default(), probe.name_any())
+}
+
+/// Reconciles one PieProbe: applies what changed, deletes what is stale, updates the status.
+pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = probe
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let nodes = ctx.stores.nodes.state();
+    let sc = &probe.spec.monitoring_storage_class;
+    let sc_exists = ctx
+        .stores
+        .storage_classes
+        .get(&ObjectRef::new(sc))
+        .is_some();
+    let planned = plan::plan(&probe, &nodes, sc_exists, &ctx.config);
+    let now = Time(Timestamp::now());
+    let desired_status = status::desired(&probe, &planned, &now);
+
+    let plan = match planned {
+        Err(blocked) => {
+            write_status(&ctx, &probe, &ns, desired_status).await?;
+            return Err(Error::Blocked(blocked));
+        }
+        Ok(plan) => plan,
+    };
+    apply_all(&ctx, &ns, &plan).await?;
+    delete_stale(&ctx, &probe, &ns, &plan).await?;
+    ctx.eligibility
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key(&probe), plan.nodes.clone());
+    write_status(&ctx, &probe, &ns, desired_status).await?;
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key(&probe));
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Requeues a failed PieProbe with exponential backoff (5 s doubling up to 5 min), so an
+/// invalid spec or a missing StorageClass never becomes a hot loop.
+pub fn error_policy(probe: Arc<PieProbe>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(key(&probe)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = backoff(*n);
+    match error {
+        Error::Blocked(_) => debug!(probe = %probe.name_any(), %error, ?delay, "not planned"),
+        _ => warn!(probe = %probe.name_any(), %error, ?delay, "reconcile failed"),
+    }
+    Action::requeue(delay)
+}
+
+/// 5 s after the first failure, doubling, at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(objects::ANNOTATION_DESIRED_HASH)
+        .map(String::as_str)
+}
+
+async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> Result<()> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for pvc in &plan.pvcs {
+        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, pvc.clone()).await?;
+    }
+    let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
+    for cj in &plan.cron_jobs {
+        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, cj.clone()).await?;
+    }
+    Ok(())
+}
+
+async fn apply_if_changed<K>(
+    api: &Api<K>,
+    store: &Store<PartialObjectMeta<K>>,
+    ns: &str,
+    object: K,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let object = plan::with_desired_hash(object);
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let existing = store.get(&ObjectRef::new(&name).within(ns));
+    if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == hash_of(object.meta()) {
+        return Ok(());
+    }
+    debug!(kind = %K::kind(&()), %name, "applying");
+    api.patch(
+        &name,
+        &PatchParams::apply(objects::MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_stale(ctx: &Context, probe: &PieProbe, ns: &str, plan: &Plan) -> Result<()> {
+    let in_ns = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(ns);
+    let cron_jobs: Vec<Existing> = ctx
+        .stores
+        .cron_jobs
+        .state()
+        .iter()
+        .filter(|o| in_ns(&o.metadata))
+        .map(|o| Existing::from_meta(&o.metadata))
+        .collect();
+    let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
+    for stale in plan::stale(probe, &plan.cron_job_names(), &cron_jobs) {
+        delete(&api, stale).await?;
+    }
+    let pvcs: Vec<Existing> = ctx
+        .stores
+        .pvcs
+        .state()
+        .iter()
+        .filter(|o| in_ns(&o.metadata))
+        .map(|o| Existing::from_meta(&o.metadata))
+        .collect();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for stale in plan::stale(probe, &plan.pvc_names(), &pvcs) {
+        delete(&api, stale).await?;
+    }
+    Ok(())
+}
+
+async fn delete<K>(api: &Api<K>, stale: &Existing) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    info!(kind = %K::kind(&()), name = %stale.name, "deleting stale object");
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: stale.uid.clone(),
+            resource_version: stale.resource_version.clone(),
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(&stale.name, &params).await {
+        Ok(_) => Ok(()),
+        // Already gone, or changed since our cache saw it: the next reconcile decides again.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The status fields this reconciler owns (the outcome tracker owns the last outcomes).
+#[derive(Serialize, PartialEq, Debug)]
+#[serde(rename_all = "camelCase")]
+struct OwnedStatus<'a> {
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    observed_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<&'a crate::crd::NodeCounts>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    skipped_nodes: &'a [crate::crd::SkippedNode],
+}
+
+impl<'a> From<&'a PieProbeStatus> for OwnedStatus<'a> {
+    fn from(s: &'a PieProbeStatus) -> Self {
+        Self {
+            conditions: &s.conditions,
+            observed_generation: s.observed_generation,
+            nodes: s.nodes.as_ref(),
+            skipped_nodes: &s.skipped_nodes,
+        }
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    probe: &PieProbe,
+    ns: &str,
+    desired: PieProbeStatus,
+) -> Result<()> {
+    let current = probe.status.clone().unwrap_or_default();
+    if OwnedStatus::from(&current) == OwnedStatus::from(&desired) {
+        return Ok(());
+    }
+    let api: Api<PieProbe> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": PieProbe::api_version(&()),
+        "kind": PieProbe::kind(&()),
+        "status": OwnedStatus::from(&desired),
+    });
+    api.patch_status(
+        &probe.name_any(),
+        &PatchParams::apply(objects::MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    // An Event on every change of the Ready condition that is not good news.
+    let old_ready = status::ready_condition(Some(&current));
+    let new_ready = status::ready_condition(Some(&desired));
+    if let Some(ready) = new_ready
+        && ready.status != "True"
+        && old_ready.map(|c| (&c.reason, &c.message)) != Some((&ready.reason, &ready.message))
+    {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: ready.reason.clone(),
+            note: Some(ready.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &probe.object_ref(&())).await {
+            warn!(probe = %probe.name_any(), error = %e, "publishing event failed");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
