@@ -5,10 +5,14 @@
 
 pub mod crd;
 pub mod error;
+pub mod health;
+pub mod leader;
 pub mod offline;
 pub mod plan;
 pub mod reconcile;
+pub mod run;
 pub mod status;
+pub mod watch;
 
 pub use error::Error;
 

@@ -1,10 +1,12 @@
 //! `pie-controller`: reconciles PieProbes into probe CronJobs and PVCs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use pie_controller::{crd, offline, plan};
+use clap::{ArgAction, Parser, Subcommand};
+use pie_controller::run::{Handles, RunOptions};
+use pie_controller::{crd, health, offline, plan, run};
 
 /// pie's controller.
 #[derive(Debug, Parser)]
@@ -16,10 +18,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the PieProbe CustomResourceDefinition as YAML.
-    Crd,
+    /// Reconcile PieProbes into probe CronJobs and PVCs.
+    Run(RunArgs),
     /// Print the objects `run` would apply for PieProbes and Nodes read from files.
     Plan(PlanArgs),
+    /// Print the PieProbe CustomResourceDefinition as YAML.
+    Crd,
 }
 
 /// Probe object settings shared by `plan` and `run`.
@@ -63,6 +67,28 @@ impl ProbeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Namespace whose PieProbes are reconciled (repeatable; comma-separated in the env var).
+    /// Default: all namespaces.
+    #[arg(long = "namespace", env = "PIE_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Reconcile only while holding the Lease `pie-controller`.
+    #[arg(long, env = "PIE_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: the controller's own namespace).
+    #[arg(long, env = "PIE_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "PIE_POD_NAME")]
+    pod_name: Option<String>,
+    /// Address of /healthz and /readyz (`:PORT` for all interfaces).
+    #[arg(long, env = "PIE_HEALTH_ADDR", default_value = ":8081")]
+    health_addr: String,
+}
+
+#[derive(Debug, clap::Args)]
 struct PlanArgs {
     /// File with one or more PieProbes (YAML, multi-document or a List).
     #[arg(short = 'f', long = "filename", env = "PIE_PLAN_FILENAME")]
@@ -95,6 +121,99 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             anyhow::ensure!(blocked.is_empty(), "not planned: {}", blocked.join("; "));
         }
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run_controller(args))?,
     }
     Ok(())
+}
+
+async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let health = Arc::new(health::Health::default());
+    let addr = health::parse_addr(&args.health_addr).context("--health-addr")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tokio::spawn(health::serve(listener, health.clone()));
+    let identity = args
+        .pod_name
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pie-controller".into());
+    let options = RunOptions {
+        namespaces: args.namespaces,
+        leader_elect: args.leader_elect,
+        lease_namespace: args
+            .lease_namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        identity,
+    };
+    run::run(
+        client,
+        args.probe.config(),
+        options,
+        health,
+        Handles::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = Cli::try_parse_from([
+            "pie-controller",
+            "run",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--leader-elect=false",
+            "--image-pull-secret",
+            "s1",
+            "--image-pull-secret",
+            "s2",
+            "--agent-image",
+            "img",
+            "--controller-url",
+            "http://c",
+            "--health-addr",
+            "127.0.0.1:9",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.namespaces, ["a", "b"]);
+        assert!(!args.leader_elect);
+        assert_eq!(args.probe.image_pull_secrets, ["s1", "s2"]);
+        assert_eq!(args.probe.config().agent_image, "img");
+        assert_eq!(args.health_addr, "127.0.0.1:9");
+
+        let Command::Run(defaults) = Cli::try_parse_from(["pie-controller", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert!(defaults.leader_elect);
+        assert!(defaults.namespaces.is_empty());
+        assert_eq!(defaults.health_addr, ":8081");
+    }
 }

@@ -57,8 +57,9 @@ pub struct Context {
     pub stores: Stores,
     /// Publishes Kubernetes Events on PieProbes.
     pub recorder: Recorder,
-    /// Latest per-node eligibility of every reconciled PieProbe.
-    pub eligibility: RwLock<EligibilityMap>,
+    /// Latest per-node eligibility of every reconciled PieProbe (shared by the per-namespace
+    /// controllers).
+    pub eligibility: Arc<RwLock<EligibilityMap>>,
     failures: Mutex<HashMap<(String, String), u32>>,
 }
 
@@ -71,24 +72,22 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context around `client` and the watch caches.
-    pub fn new(client: Client, config: plan::Config, stores: Stores, recorder: Recorder) -> Self {
+    /// A context around `client` and the watch caches; `eligibility` may be shared.
+    pub fn new(
+        client: Client,
+        config: plan::Config,
+        stores: Stores,
+        recorder: Recorder,
+        eligibility: Arc<RwLock<EligibilityMap>>,
+    ) -> Self {
         Self {
             client,
             config,
             stores,
             recorder,
-            eligibility: RwLock::default(),
+            eligibility,
             failures: Mutex::default(),
         }
-    }
-
-    /// Node eligibility of the PieProbes that still exist in `probes` (entries of deleted
-    /// PieProbes are dropped), for the `pie_node_eligible{pie_probe_name,node,storage_class}` gauge.
-    pub fn node_eligibility(&self, probes: &Store<PieProbe>) -> Vec<NodeEligibility> {
-        let mut map = self.eligibility.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|(ns, name), _| probes.get(&ObjectRef::new(name).within(ns)).is_some());
-        map.values().flatten().cloned().collect()
     }
 }
 

@@ -53,7 +53,13 @@ fn context(stores: Stores) -> (Arc<Context>, ApiServerVerifier) {
     let (client, verifier) = ApiServerVerifier::new();
     let recorder = Recorder::new(client.clone(), "pie-controller".into());
     (
-        Arc::new(Context::new(client, config(), stores, recorder)),
+        Arc::new(Context::new(
+            client,
+            config(),
+            stores,
+            recorder,
+            Arc::default(),
+        )),
         verifier,
     )
 }

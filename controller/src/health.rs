@@ -1,0 +1,118 @@
+//! `/healthz` (liveness) and `/readyz` (ready only on the leader with synced caches, so a
+//! Service in front of several replicas routes probe results to the leader).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+/// Readiness inputs, flipped by the leader election and the cache sync.
+#[derive(Debug, Default)]
+pub struct Health {
+    leader: AtomicBool,
+    synced: AtomicBool,
+}
+
+impl Health {
+    /// Records whether this replica holds the lease.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// Records whether the watch caches have synced.
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.store(synced, Ordering::Relaxed);
+    }
+
+    /// Leader with synced caches.
+    pub fn ready(&self) -> bool {
+        self.leader.load(Ordering::Relaxed) && self.synced.load(Ordering::Relaxed)
+    }
+}
+
+/// The health routes; merge into another router or serve with [`serve`].
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not leader or caches not synced",
+        )
+    }
+}
+
+/// Parses `:8081` (all interfaces) or `host:port`.
+pub fn parse_addr(addr: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}").parse(),
+        None => addr.parse(),
+    }
+}
+
+/// Serves the health routes on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> std::io::Result<()> {
+    axum::serve(listener, router(health)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get_status(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn readyz_needs_leadership_and_synced_caches() {
+        let health = Arc::new(Health::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, health.clone()));
+        assert_eq!(get_status(addr, "/healthz").await, "HTTP/1.1 200 OK");
+        assert_eq!(
+            get_status(addr, "/readyz").await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        health.set_leader(true);
+        assert_eq!(
+            get_status(addr, "/readyz").await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        health.set_synced(true);
+        assert_eq!(get_status(addr, "/readyz").await, "HTTP/1.1 200 OK");
+        health.set_leader(false);
+        assert_eq!(
+            get_status(addr, "/readyz").await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_addr(":8081").unwrap().to_string(), "0.0.0.0:8081");
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert!(parse_addr("nonsense").is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! `pie-controller run`: wires watches, leader election and the reconciler together.
+//!
+//! One kube-runtime `Controller` per watched namespace (or one for all namespaces), sharing a
+//! stripped Node cache and a StorageClass metadata cache. Node and StorageClass changes reach
+//! the controllers over a broadcast channel and are mapped to the PieProbes they concern.
+
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::crd::PieProbe;
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::plan::{self, NodeEligibility, objects};
+use crate::reconcile::{self, Context, EligibilityMap, Stores};
+use crate::{leader, watch};
+
+/// How `run` scopes and coordinates itself.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Namespaces whose PieProbes are reconciled; empty: all namespaces.
+    pub namespaces: Vec<String>,
+    /// Compete for the Lease and reconcile only while leading.
+    pub leader_elect: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (the Pod name).
+    pub identity: String,
+}
+
+/// Plain-data views of the running controller, for the metrics exporter.
+#[derive(Clone, Debug, Default)]
+pub struct Handles {
+    eligibility: Arc<RwLock<EligibilityMap>>,
+    probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
+}
+
+impl Handles {
+    /// Node eligibility of existing PieProbes (entries of deleted ones are dropped): the
+    /// `pie_node_eligible{pie_probe_name,node,storage_class}` gauge, 1 eligible / 0 not.
+    pub fn node_eligibility(&self) -> Vec<NodeEligibility> {
+        let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
+        let exists = |ns: &str, name: &str| {
+            let r = ObjectRef::new(name).within(ns);
+            stores.iter().any(|s| s.get(&r).is_some())
+        };
+        let mut map = self.eligibility.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(ns, name), _| exists(ns, name));
+        map.values().flatten().cloned().collect()
+    }
+}
+
+/// A change outside the PieProbes that may change their plans.
+#[derive(Clone, Debug)]
+enum Trigger {
+    Node(Arc<Node>),
+    StorageClass(String),
+    /// Events were lost: reconcile everything.
+    All,
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs until a shutdown signal (Ok) or the loss of leadership (Err: the process should exit
+/// and restart as a follower).
+pub async fn run(
+    client: Client,
+    config: plan::Config,
+    options: RunOptions,
+    health: Arc<Health>,
+    handles: Handles,
+) -> Result<()> {
+    let mut leading = if options.leader_elect {
+        let rx = leader::elect(client.clone(), &options.lease_namespace, &options.identity)
+            .await
+            .map_err(|e| Error::Input(format!("leader election: {e}")))?;
+        Some(rx)
+    } else {
+        None
+    };
+    if let Some(rx) = &mut leading {
+        info!(identity = %options.identity, "waiting for leadership");
+        rx.wait_for(|l| *l)
+            .await
+            .map_err(|_| Error::Input("leader election stopped".into()))?;
+    }
+    health.set_leader(true);
+    info!("leading; starting watches");
+
+    let (tx, _) = broadcast::channel::<Trigger>(1024);
+    let (nodes, node_writer) = reflector::store();
+    let (storage_classes, sc_writer) = reflector::store();
+    tokio::spawn(watch_nodes(
+        Api::all(client.clone()),
+        node_writer,
+        tx.clone(),
+    ));
+    tokio::spawn(watch_storage_classes(
+        Api::all(client.clone()),
+        sc_writer,
+        tx.clone(),
+    ));
+
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: objects::MANAGER.into(),
+            instance: Some(options.identity.clone()),
+        },
+    );
+    let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> =
+        vec![ready(nodes.clone()), ready(storage_classes.clone())];
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let ns = scope.as_deref();
+        let (cron_jobs, cj_writer) = reflector::store();
+        let (pvcs, pvc_writer) = reflector::store();
+        let stores = Stores {
+            nodes: nodes.clone(),
+            storage_classes: storage_classes.clone(),
+            cron_jobs: cron_jobs.clone(),
+            pvcs: pvcs.clone(),
+        };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            config.clone(),
+            stores,
+            recorder.clone(),
+            handles.eligibility.clone(),
+        ));
+        let controller = Controller::new(
+            scoped::<PieProbe>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        );
+        let probes = controller.store();
+        handles
+            .probe_stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(probes.clone());
+        to_sync.extend([ready(probes.clone()), ready(cron_jobs), ready(pvcs)]);
+        let shutdown = leadership_lost(leading.clone());
+        let run = controller
+            .owns_stream(owned(
+                scoped::<PartialObjectMeta<CronJob>>(&client, ns),
+                cj_writer,
+            ))
+            .owns_stream(owned(
+                scoped::<PartialObjectMeta<PersistentVolumeClaim>>(&client, ns),
+                pvc_writer,
+            ))
+            .reconcile_on(triggers(
+                tx.subscribe(),
+                probes,
+                handles.eligibility.clone(),
+            ))
+            .with_config(
+                kube::runtime::controller::Config::default()
+                    .debounce(std::time::Duration::from_secs(1)),
+            )
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile::reconcile, reconcile::error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(probe = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile"),
+                }
+            });
+        controllers.push(run);
+    }
+    let synced = health.clone();
+    tokio::spawn(async move {
+        futures::future::join_all(to_sync).await;
+        info!("caches synced");
+        synced.set_synced(true);
+    });
+    futures::future::join_all(controllers).await;
+    health.set_leader(false);
+    match leading {
+        Some(rx) if !*rx.borrow() => Err(Error::Input("lost leadership".into())),
+        _ => Ok(()),
+    }
+}
+
+/// Resolves when `store` has its first full list.
+fn ready<K>(store: Store<K>) -> futures::future::BoxFuture<'static, ()>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    Box::pin(async move {
+        let _ = store.wait_until_ready().await;
+    })
+}
+
+/// Resolves on SIGTERM/Ctrl-C, or when leadership is lost.
+async fn leadership_lost(leading: Option<tokio::sync::watch::Receiver<bool>>) {
+    let lost = async move {
+        match leading {
+            Some(mut rx) => {
+                let _ = rx.wait_for(|l| !*l).await;
+                warn!("lost leadership; stopping");
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = lost => {}
+        () = shutdown_signal() => info!("shutting down"),
+    }
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Owned objects, metadata only, filtered to changes of ownership or desired state (status
+/// updates such as a CronJob's lastScheduleTime do not trigger reconciles).
+fn owned<K>(
+    api: Api<PartialObjectMeta<K>>,
+    writer: Writer<PartialObjectMeta<K>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let selector = format!("{}={}", objects::LABEL_MANAGED_BY, objects::MANAGER);
+    watcher(
+        api,
+        watcher::Config::default().labels(&selector).any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())
+}
+
+fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let meta = &object.metadata;
+    meta.generation.hash(&mut h);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(objects::ANNOTATION_DESIRED_HASH))
+        .hash(&mut h);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    meta.owner_references
+        .iter()
+        .flatten()
+        .for_each(|r| r.uid.hash(&mut h));
+    Some(h.finish())
+}
+
+async fn watch_nodes(api: Api<Node>, mut writer: Writer<Node>, tx: broadcast::Sender<Trigger>) {
+    let mut changes = watch::NodeChanges::default();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(watch::strip_node);
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                writer.apply_watcher_event(&event);
+                for node in changes.observe(&event) {
+                    let _ = tx.send(Trigger::Node(Arc::new(node)));
+                }
+            }
+            Err(e) => warn!(error = %e, "node watch"),
+        }
+    }
+}
+
+async fn watch_storage_classes(
+    api: Api<PartialObjectMeta<StorageClass>>,
+    mut writer: Writer<PartialObjectMeta<StorageClass>>,
+    tx: broadcast::Sender<Trigger>,
+) {
+    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                writer.apply_watcher_event(&event);
+                if let watcher::Event::Apply(sc)
+                | watcher::Event::Delete(sc)
+                | watcher::Event::InitApply(sc) = &event
+                {
+                    let _ = tx.send(Trigger::StorageClass(sc.name_any()));
+                }
+            }
+            Err(e) => warn!(error = %e, "storage class watch"),
+        }
+    }
+}
+
+fn triggers(
+    rx: broadcast::Receiver<Trigger>,
+    probes: Store<PieProbe>,
+    eligibility: Arc<RwLock<EligibilityMap>>,
+) -> impl Stream<Item = ObjectRef<PieProbe>> + Send + 'static {
+    stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(t) => Some((t, rx)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((Trigger::All, rx)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .flat_map(move |trigger| {
+        let all = probes.state();
+        let refs = match trigger {
+            Trigger::Node(node) => {
+                let planned = eligibility.read().unwrap_or_else(|e| e.into_inner());
+                watch::probes_for_node(&all, &planned, &node)
+            }
+            Trigger::StorageClass(name) => watch::probes_for_storage_class(&all, &name),
+            Trigger::All => all
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect(),
+        };
+        stream::iter(refs)
+    })
+}
