@@ -18,7 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// File name of the measured job's test file inside the probed directory (pie's name).
 pub const TEST_FILE: &str = ".iotest";
@@ -185,6 +185,7 @@ impl FioJob {
             },
         })?;
         let pid = child.id();
+        let started = std::time::Instant::now();
         let output = match tokio::time::timeout(self.budget, child.wait_with_output()).await {
             Ok(output) => output.map_err(FioError::Wait)?,
             Err(_) => {
@@ -197,7 +198,8 @@ impl FioJob {
         };
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        debug!(status = %output.status, stderr = %stderr.trim(), "fio exited");
+        info!(status = %output.status, seconds = started.elapsed().as_secs_f64(), "fio finished");
+        debug!(stderr = %stderr.trim(), "fio's stderr");
         interpret(output.status, &stdout, &stderr)
     }
 
