@@ -217,6 +217,11 @@ impl VictoriaMetrics {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The operating-system process id of VictoriaMetrics.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The port VictoriaMetrics listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -259,7 +264,13 @@ impl VictoriaMetrics {
         let url = format!("{}/api/v1/export", self.base_url());
         let resp = http_client()
             .post(&url)
-            .form(&[("match[]", selector), ("reduce_mem_usage", "1")])
+            // VictoriaMetrics 1.79 ends exports a little before "now" unless told otherwise;
+            // samples stamped "now" must be included.
+            .form(&[
+                ("match[]", selector),
+                ("reduce_mem_usage", "1"),
+                ("end", &(now_millis() / 1000 + 3600).to_string()),
+            ])
             .send()
             .await
             .expect("export request");

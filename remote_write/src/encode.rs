@@ -42,7 +42,6 @@ pub fn encode_write_request(
     external: &ExternalLabels,
     out: &mut Vec<u8>,
 ) {
-    let mut scratch = Vec::new();
     let mut i = 0;
     while i < entries.len() {
         let series = &entries[i].0;
@@ -50,8 +49,7 @@ pub fn encode_write_request(
         while j < entries.len() && entries[j].0 == *series {
             j += 1;
         }
-        scratch.clear();
-        external.write_merged(series, &mut scratch);
+        let labels = external.merged(series);
         let samples_len: usize = entries[i..j]
             .iter()
             .map(|(_, s)| {
@@ -61,8 +59,8 @@ pub fn encode_write_request(
             .sum();
         // WriteRequest.timeseries = 1, LEN.
         encode_key(1, WireType::LengthDelimited, out);
-        encode_varint((scratch.len() + samples_len) as u64, out);
-        out.extend_from_slice(&scratch);
+        encode_varint((labels.len() + samples_len) as u64, out);
+        out.extend_from_slice(&labels);
         for (_, sample) in &entries[i..j] {
             write_sample(sample, out);
         }
@@ -134,14 +132,15 @@ impl RequestEncoder {
         self.raw.clear();
         encode_write_request(entries, external, &mut self.raw);
         let max = snap::raw::max_compress_len(self.raw.len());
-        self.compressed.resize(max, 0);
+        if self.compressed.len() < max {
+            self.compressed.resize(max, 0);
+        }
         let n = self
             .snappy
             .compress(&self.raw, &mut self.compressed)
             .expect("the output buffer has max_compress_len bytes");
-        self.compressed.truncate(n);
         EncodedRequest {
-            body: &self.compressed,
+            body: &self.compressed[..n],
             raw_len: self.raw.len(),
         }
     }

@@ -5,14 +5,14 @@
 //! order they reach the receiver, and checking order when a sample is queued is enough to keep
 //! each series strictly increasing across requests, retries and restarts of the sender.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
 
 use crate::encode::estimated_len;
-use crate::series::{ExternalLabels, Sample, Series};
+use crate::series::{ExternalLabels, Sample, Series, SeriesMap};
 use crate::stats::{DropReason, EndpointStats};
 
 /// What the queue remembers per series.
@@ -31,7 +31,7 @@ struct State {
     head_seq: u64,
     /// First sequence number and length of the batch being sent.
     inflight: Option<(u64, usize)>,
-    series: HashMap<Series, SeriesState>,
+    series: SeriesMap<SeriesState>,
 }
 
 impl State {

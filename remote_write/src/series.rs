@@ -6,9 +6,12 @@
 //! here, at the API boundary, and can never reach the wire. The protobuf encoding of the labels
 //! is computed once and reused for every request the series appears in.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prost::Message;
 
@@ -156,6 +159,11 @@ struct Labels {
     encoded: Box<[u8]>,
     /// `encoded[offsets[i]..offsets[i + 1]]` is pair `i`'s entry.
     offsets: Box<[u32]>,
+    /// A hash of `encoded`, computed once.
+    hash: u64,
+    /// The entries merged with one set of external labels (identified by its id), computed
+    /// the first time the series is encoded with them.
+    merged: OnceLock<(u64, Box<[u8]>)>,
 }
 
 impl Labels {
@@ -168,10 +176,14 @@ impl Labels {
             encode_label_field(name, value, &mut encoded);
             offsets.push(encoded.len() as u32);
         }
+        let mut hasher = std::hash::DefaultHasher::new();
+        encoded.hash(&mut hasher);
         Labels {
             pairs: pairs.into_boxed_slice(),
             encoded: encoded.into_boxed_slice(),
             offsets: offsets.into_boxed_slice(),
+            hash: hasher.finish(),
+            merged: OnceLock::new(),
         }
     }
 
@@ -289,17 +301,44 @@ impl Series {
 
 impl PartialEq for Series {
     fn eq(&self, other: &Series) -> bool {
-        self.same_allocation(other) || self.0.encoded == other.0.encoded
+        self.same_allocation(other)
+            || (self.0.hash == other.0.hash && self.0.encoded == other.0.encoded)
     }
 }
 
 impl Eq for Series {}
 
 impl Hash for Series {
+    /// Writes the hash computed when the series was built (one `u64`).
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.encoded.hash(state);
+        state.write_u64(self.0.hash);
     }
 }
+
+/// A hasher that passes on the `u64` a [`Series`] writes: its hash is computed once, at build
+/// time, so maps keyed by series need not hash label bytes on every lookup.
+#[derive(Debug, Default)]
+pub(crate) struct PrehashedSeries(u64);
+
+impl Hasher for PrehashedSeries {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than `Series`; fold the bytes in (FNV-1a).
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by series that uses their precomputed hashes.
+pub(crate) type SeriesMap<V> = HashMap<Series, V, BuildHasherDefault<PrehashedSeries>>;
 
 impl fmt::Debug for Series {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -329,7 +368,13 @@ impl fmt::Display for Series {
 /// On a conflict the series' own label wins and the external label is not added, as in
 /// Prometheus' remote write. `__name__` cannot be an external label.
 #[derive(Clone, Default)]
-pub struct ExternalLabels(Option<Arc<Labels>>);
+pub struct ExternalLabels {
+    /// Distinguishes label sets in the per-series cache of merged encodings (0 = none).
+    id: u64,
+    labels: Option<Arc<Labels>>,
+}
+
+static NEXT_EXTERNAL_ID: AtomicU64 = AtomicU64::new(1);
 
 impl ExternalLabels {
     /// Validates `labels`: valid, unique, non-reserved names and non-empty values.
@@ -353,31 +398,56 @@ impl ExternalLabels {
             return Err(SeriesError::DuplicateLabelName(w[0].0.to_string()));
         }
         if pairs.is_empty() {
-            return Ok(ExternalLabels(None));
+            return Ok(ExternalLabels::default());
         }
-        Ok(ExternalLabels(Some(Arc::new(Labels::new(pairs)))))
+        Ok(ExternalLabels {
+            id: NEXT_EXTERNAL_ID.fetch_add(1, Ordering::Relaxed),
+            labels: Some(Arc::new(Labels::new(pairs))),
+        })
     }
 
     /// Whether there are no external labels.
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.labels.is_none()
     }
 
     /// The labels, sorted by name.
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0
+        self.labels
             .iter()
             .flat_map(|l| l.pairs.iter().map(|(n, v)| (&**n, &**v)))
     }
 
-    /// Writes `series`' label entries merged with these external labels, in name order, and
-    /// returns the number of bytes written. A series label shadows an external one.
-    pub(crate) fn write_merged(&self, series: &Series, out: &mut Vec<u8>) -> usize {
-        let Some(ext) = &self.0 else {
+    /// `series`' label entries merged with these external labels, in name order. The merge is
+    /// computed once per series and cached in it (for the first external label set it meets).
+    pub(crate) fn merged<'a>(&self, series: &'a Series) -> Cow<'a, [u8]> {
+        if self.labels.is_none() {
+            return Cow::Borrowed(series.encoded_labels());
+        }
+        if let Some((id, bytes)) = series.0.merged.get() {
+            if *id == self.id {
+                return Cow::Borrowed(bytes);
+            }
+            let mut out = Vec::new();
+            self.write_merged(series, &mut out);
+            return Cow::Owned(out);
+        }
+        let mut out = Vec::new();
+        self.write_merged(series, &mut out);
+        let (_, bytes) = series
+            .0
+            .merged
+            .get_or_init(|| (self.id, out.into_boxed_slice()));
+        Cow::Borrowed(bytes)
+    }
+
+    /// Writes `series`' label entries merged with these external labels, in name order. A
+    /// series label shadows an external one.
+    fn write_merged(&self, series: &Series, out: &mut Vec<u8>) {
+        let Some(ext) = &self.labels else {
             out.extend_from_slice(series.encoded_labels());
-            return series.encoded_labels().len();
+            return;
         };
-        let start = out.len();
         let (mut i, mut j) = (0, 0);
         let (n, m) = (series.label_count(), ext.pairs.len());
         while i < n || j < m {
@@ -409,12 +479,11 @@ impl ExternalLabels {
                 }
             }
         }
-        out.len() - start
     }
 
-    /// An upper bound of the bytes [`ExternalLabels::write_merged`] adds to a series' labels.
+    /// An upper bound of the bytes [`ExternalLabels::merged`] adds to a series' labels.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.0.as_ref().map_or(0, |l| l.encoded.len())
+        self.labels.as_ref().map_or(0, |l| l.encoded.len())
     }
 }
 

@@ -1,0 +1,117 @@
+//! Sustained samples/s into a real VictoriaMetrics on loopback, with the CPU seconds the sender
+//! process and VictoriaMetrics used for the same samples.
+//!
+//! `cargo bench -p pie-remote-write --bench vm_throughput [-- SAMPLES]` (default 4,000,000
+//! samples over 10,000 series with pie-like labels, default batching).
+
+use std::time::{Duration, Instant};
+
+use e2e::VictoriaMetrics;
+use remote_write::{Client, ClientConfig, EndpointConfig, Sample, Series};
+
+/// CPU seconds (user + system) of process `pid` ("self" for this process).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ
+}
+
+async fn rows_inserted(vm: &VictoriaMetrics) -> u64 {
+    let body = e2e::http_client()
+        .get(format!("{}/metrics", vm.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find(|l| l.starts_with("vm_rows_inserted_total{type=\"promremotewrite\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let samples: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(4_000_000);
+    const SERIES: usize = 10_000;
+    let vm = VictoriaMetrics::start().await;
+    let vm_pid = vm.pid().to_string();
+    let series: Vec<Series> = (0..SERIES)
+        .map(|i| {
+            Series::new(
+                "pie_bench_samples",
+                [
+                    ("node", format!("worker-{:04}", i % 2000)),
+                    ("pie_probe_name", format!("probe-{}", i / 2000)),
+                    ("storage_class", "topolvm-provisioner".to_string()),
+                    ("on_time", "true".to_string()),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let client = Client::new(ClientConfig {
+        endpoints: vec![EndpointConfig::new(vm.write_url())],
+        queue_capacity: 100_000,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+
+    let (cpu_self0, cpu_vm0) = (cpu_seconds("self"), cpu_seconds(&vm_pid));
+    let started = Instant::now();
+    let base = 1_700_000_000_000i64;
+    for i in 0..samples {
+        let round = (i / SERIES) as i64;
+        client.push(
+            &series[i % SERIES],
+            Sample::new(i as f64, base + round * 1000),
+        );
+        // Keep below the queue bound so nothing is dropped: this measures delivery.
+        if i % 1000 == 0 {
+            while client.stats()[0].pending_samples > 50_000 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    client.flush().await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_self, cpu_vm) = (
+        cpu_seconds("self") - cpu_self0,
+        cpu_seconds(&vm_pid) - cpu_vm0,
+    );
+    let stats = client.stats()[0].clone();
+    assert!(client.shutdown(Duration::from_secs(10)).await.is_complete());
+    vm.force_flush().await;
+    let inserted = rows_inserted(&vm).await;
+    assert_eq!(
+        stats.samples_sent as usize, samples,
+        "every sample delivered"
+    );
+    assert_eq!(
+        inserted as usize, samples,
+        "VictoriaMetrics counted every row"
+    );
+    println!("samples            {samples}");
+    println!("wall seconds       {elapsed:.2}");
+    println!("samples/s          {:.0}", samples as f64 / elapsed);
+    println!(
+        "requests           {}",
+        stats.requests.values().sum::<u64>()
+    );
+    println!(
+        "bytes/sample       {:.1} compressed, {:.1} raw",
+        stats.bytes_sent_compressed as f64 / samples as f64,
+        stats.bytes_sent_raw as f64 / samples as f64
+    );
+    println!("sender CPU s       {cpu_self:.2}");
+    println!("VictoriaMetrics s  {cpu_vm:.2}");
+    println!("sender / VM CPU    {:.1}%", 100.0 * cpu_self / cpu_vm);
+}
