@@ -3,11 +3,11 @@
 use tracing::{error, info};
 
 use crate::cli::{MountProbeArgs, ProvisionProbeArgs};
-use crate::deliver::Deliverer;
+use crate::deliver::{Deliverer, DeliveryError};
 use crate::fio::FioJob;
 use crate::probe::{ProbeIdentity, mount_probe};
 use crate::provision::write_check;
-use crate::result::validate_dns_subdomain;
+use crate::result::{ProbeResult, validate_dns_subdomain};
 
 /// The process exit codes (see [`crate::cli::EXIT_CODES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +46,20 @@ pub async fn run_mount_probe(args: MountProbeArgs) -> Exit {
             return Exit::Usage;
         }
     }
-    let deliverer = match Deliverer::new(&args.controller_url, args.token_file, args.timeout) {
+    let deliverer = match Deliverer::new(
+        &args.controller_url,
+        args.token_file,
+        args.ca_file.as_deref(),
+        args.timeout,
+    ) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: --controller-url: {e}");
+        Err(e @ (DeliveryError::InvalidUrl { .. } | DeliveryError::CaFile { .. })) => {
+            eprintln!("error: {e}");
             return Exit::Usage;
+        }
+        Err(e) => {
+            error!("{e}");
+            return Exit::NotDelivered;
         }
     };
     let job = FioJob {
@@ -61,7 +70,16 @@ pub async fn run_mount_probe(args: MountProbeArgs) -> Exit {
         budget: args.fio_timeout,
     };
     info!(path = %job.dir.display(), node = %identity.node, storage_class = %identity.storage_class, pie_probe = %identity.pie_probe_name, "mount probe starting");
-    let result = mount_probe(&identity, &job).await;
+    let mut result = mount_probe(&identity, &job).await;
+    if let Err(e) = result.validate() {
+        // The receiver would reject it; report why instead of losing the probe.
+        result = ProbeResult::failure(
+            &identity.pie_probe_name,
+            &identity.node,
+            &identity.storage_class,
+            format!("invalid measurement: {e}"),
+        );
+    }
     info!(url = %deliverer.url(), succeed = result.performance_probe_succeed, "delivering result");
     match deliverer.deliver(&result).await {
         Ok(_) if result.performance_probe_succeed => Exit::Success,

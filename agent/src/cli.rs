@@ -68,6 +68,9 @@ pub struct MountProbeArgs {
     /// File holding a bearer token for the controller, re-read on every attempt.
     #[arg(long, env = "PIE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CAs trusted for an https controller URL, instead of the system's roots.
+    #[arg(long, env = "PIE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// fio binary.
     #[arg(long, env = "PIE_FIO", default_value = "fio")]
     pub fio: PathBuf,

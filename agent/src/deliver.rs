@@ -40,6 +40,14 @@ pub enum DeliveryError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The CA file cannot be read or holds no PEM certificate.
+    #[error("cannot use CA file {path:?}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
@@ -107,17 +115,28 @@ enum AttemptError {
 
 impl Deliverer {
     /// A deliverer posting to `<controller_url>/api/v1/results`, giving up after `deadline`.
+    ///
+    /// An `https` controller is verified against `ca_file` (a PEM bundle) when given, else
+    /// against the system's roots. For plain `http` no roots are loaded at all, which saves
+    /// reading the system's certificate store at every start.
     pub fn new(
         controller_url: &str,
         token_file: Option<PathBuf>,
+        ca_file: Option<&Path>,
         deadline: Duration,
     ) -> Result<Self, DeliveryError> {
         let url = results_url(controller_url)?;
         // reqwest is built without a default crypto provider; the error only says one is
         // installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("pie-agent/", env!("CARGO_PKG_VERSION")))
+        let mut builder =
+            reqwest::Client::builder().user_agent(concat!("pie-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            builder = builder.tls_certs_only(read_ca_file(path)?);
+        } else if url.scheme() == "http" {
+            builder = builder.tls_certs_only([]);
+        }
+        let client = builder
             .build()
             .map_err(|e| DeliveryError::Client(error_chain(&e)))?;
         Ok(Self {
@@ -258,6 +277,21 @@ pub fn results_url(controller_url: &str) -> Result<reqwest::Url, DeliveryError> 
     reqwest::Url::parse(&joined).map_err(|e| invalid(e.to_string()))
 }
 
+/// The certificates of a PEM bundle; at least one.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, DeliveryError> {
+    let ca_error = |reason: String| DeliveryError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let certs =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(ca_error("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 /// The `Authorization` header value from a token file, re-read on every call.
 fn read_token(path: &Path) -> Result<HeaderValue, AttemptError> {
     let token = std::fs::read_to_string(path).map_err(|source| {
@@ -379,6 +413,26 @@ mod tests {
             "{}",
             long.len()
         );
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [missing, empty] {
+            let err = Deliverer::new(
+                "https://pie:8443",
+                None,
+                Some(&path),
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+            assert!(matches!(err, DeliveryError::CaFile { .. }), "{err:?}");
+        }
+        assert!(Deliverer::new("http://pie:8082", None, None, Duration::from_secs(1)).is_ok());
+        assert!(Deliverer::new("https://pie:8443", None, None, Duration::from_secs(1)).is_ok());
     }
 
     #[test]
