@@ -307,4 +307,55 @@ spec:
                 .is_some()
         );
     }
+
+    /// The CRD's CEL rules, evaluated locally with kube's `cel` feature (kube-cel): pie's
+    /// immutability rules reject changes; mutable fields may change.
+    #[test]
+    fn cel_immutability_rules() {
+        use kube::core::cel::validate_cel_update;
+        let old: PieProbe = serde_norway::from_str(
+            "apiVersion: pie.topolvm.io/v1alpha1\nkind: PieProbe\nmetadata: {name: a, namespace: pie}\n\
+             spec: {monitoringStorageClass: sc, probePeriod: 5, probeThreshold: 10s}\n",
+        )
+        .unwrap();
+        assert!(validate_cel_update(&old, &old).is_ok());
+        type Change = fn(&mut PieProbeSpec);
+        let cases: [(&str, Change, Option<&str>); 6] = [
+            ("probePeriod", |s| s.probe_period = 10, None),
+            ("probeThreshold", |s| s.probe_threshold = "20s".into(), None),
+            (
+                "monitoringStorageClass",
+                |s| s.monitoring_storage_class = "other".into(),
+                Some("monitoringStorageClass is immutable"),
+            ),
+            (
+                "pvcCapacity",
+                |s| s.pvc_capacity = Quantity("1Gi".into()),
+                Some("pvcCapacity is immutable"),
+            ),
+            (
+                "disableProvisionProbe",
+                |s| s.disable_provision_probe = true,
+                Some("disableProvisionProbe is immutable"),
+            ),
+            (
+                "disableMountProbes",
+                |s| s.disable_mount_probes = true,
+                Some("disableMountProbes is immutable"),
+            ),
+        ];
+        for (field, change, want) in cases {
+            let mut new = old.clone();
+            change(&mut new.spec);
+            let got = validate_cel_update(&new, &old).err().map(|errors| {
+                errors
+                    .into_vec()
+                    .into_iter()
+                    .map(|e| e.message)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            assert_eq!(got.as_deref(), want, "{field}");
+        }
+    }
 }

@@ -1,0 +1,272 @@
+//! Benchmarks of the controller's planning and Node cache (a plain bench binary: it prints
+//! figures instead of asserting them; see docs/benchmarks.md).
+//!
+//! `cargo bench -p pie-controller --bench plan` runs both; `-- plan` or `-- cache [--no-strip]`
+//! runs one. Memory figures are the process's resident set (VmRSS/VmHWM from /proc/self/status;
+//! the peak is reset through /proc/self/clear_refs before each measured phase).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use pie_controller::crd::PieProbe;
+use pie_controller::plan::{self, Config};
+use pie_controller::watch;
+use serde_json::{Value, json};
+
+const NODES: usize = 5_000;
+const IMAGES_PER_NODE: usize = 50;
+
+/// A Node as a real cluster's API server returns it: ~50 images, managedFields, addresses,
+/// capacity, nodeInfo, five conditions, labels and annotations.
+fn realistic_node_json(i: usize) -> String {
+    let name = format!(
+        "ip-10-{}-{}-{}.eu-west-1.compute.internal",
+        i / 65536,
+        (i / 256) % 256,
+        i % 256
+    );
+    let images: Vec<Value> = (0..IMAGES_PER_NODE)
+        .map(|k| {
+            json!({
+                "names": [
+                    format!("registry.example.com/team-{k}/service-{k}@sha256:{:064x}", i * 1000 + k),
+                    format!("registry.example.com/team-{k}/service-{k}:v1.{k}.{i}")
+                ],
+                "sizeBytes": 50_000_000 + k * 1000
+            })
+        })
+        .collect();
+    let fields = |n: usize| -> Value {
+        let mut m = serde_json::Map::new();
+        for k in 0..n {
+            m.insert(
+                format!("f:field-{k}"),
+                json!({"f:type": {}, "f:status": {}, "f:reason": {}, "f:message": {}}),
+            );
+        }
+        Value::Object(m)
+    };
+    let condition = |t: &str, s: &str| {
+        json!({"type": t, "status": s, "lastHeartbeatTime": "2026-11-23T10:00:00Z",
+               "lastTransitionTime": "2026-11-01T10:00:00Z", "reason": format!("Kubelet{t}"),
+               "message": format!("kubelet reports {t} = {s}")})
+    };
+    let role = ["compute", "storage", "infra"][i % 3];
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": format!("{:08x}-0000-4000-8000-{:012x}", i, i),
+            "resourceVersion": format!("{}", 1_000_000 + i),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "m6i.2xlarge",
+                "topology.kubernetes.io/region": "eu-west-1", "topology.kubernetes.io/zone": "eu-west-1a",
+                "topology.ebs.csi.aws.com/zone": "eu-west-1a", "node-role.kubernetes.io/role": role,
+                "eks.amazonaws.com/nodegroup": "ng-1", "eks.amazonaws.com/capacityType": "ON_DEMAND",
+                "topology.topolvm.io/node": name
+            },
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "csi.volume.kubernetes.io/nodeid": format!("{{\"ebs.csi.aws.com\":\"i-{i:017x}\",\"topolvm.io\":\"{name}\"}}"),
+                "capacity.topolvm.io/00default": "1099511627776"
+            },
+            "managedFields": [
+                {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2026-11-23T10:00:00Z",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:status": fields(40)}},
+                {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                 "time": "2026-11-23T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": fields(10)}},
+                {"manager": "aws-node", "operation": "Update", "apiVersion": "v1", "time": "2026-11-23T10:00:00Z",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": fields(10)}}
+            ]
+        },
+        "spec": {
+            "providerID": format!("aws:///eu-west-1a/i-{i:017x}"),
+            "podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"],
+            "taints": if i.is_multiple_of(50) { json!([{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]) } else { json!([]) }
+        },
+        "status": {
+            "capacity": {"cpu": "8", "memory": "32386452Ki", "pods": "58", "ephemeral-storage": "104845292Ki"},
+            "allocatable": {"cpu": "7910m", "memory": "31369620Ki", "pods": "58", "ephemeral-storage": "95551679490"},
+            "conditions": [
+                condition("MemoryPressure", "False"), condition("DiskPressure", "False"),
+                condition("PIDPressure", "False"), condition("NetworkUnavailable", "False"),
+                condition("Ready", if i.is_multiple_of(100) { "False" } else { "True" })
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": format!("10.0.{}.{}", (i / 256) % 256, i % 256)},
+                {"type": "Hostname", "address": name}, {"type": "InternalDNS", "address": name}
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": format!("{i:032x}"), "systemUUID": format!("ec2{i:029x}"), "bootID": format!("{i:032x}"),
+                "kernelVersion": "6.1.112-124.190.amzn2023.x86_64", "osImage": "Amazon Linux 2023",
+                "containerRuntimeVersion": "containerd://1.7.22", "kubeletVersion": "v1.33.1",
+                "kubeProxyVersion": "v1.33.1", "operatingSystem": "linux", "architecture": "amd64"
+            },
+            "images": images
+        }
+    })
+    .to_string()
+}
+
+fn proc_status(key: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn rss_mib() -> f64 {
+    proc_status("VmRSS:")
+}
+
+fn peak_mib() -> f64 {
+    proc_status("VmHWM:")
+}
+
+/// Resets VmHWM to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Fills a reflector store the way `run` does: each Node decoded from API JSON, optionally
+/// stripped, then cached. Returns the store (the originals are dropped one by one).
+fn fill_cache(strip: bool) -> reflector::Store<Node> {
+    let (store, mut writer) = reflector::store::<Node>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for i in 0..NODES {
+        let mut node: Node = serde_json::from_str(&realistic_node_json(i)).expect("node json");
+        if strip {
+            watch::strip_node(&mut node);
+        }
+        writer.apply_watcher_event(&watcher::Event::InitApply(node));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    std::mem::forget(writer); // keep the store alive without a live watch
+    store
+}
+
+fn cache_bench(strip: bool) {
+    let before = rss_mib();
+    let store = fill_cache(strip);
+    let after = rss_mib();
+    println!(
+        "node cache: {NODES} realistic nodes ({IMAGES_PER_NODE} images + managedFields each), {}: \
+         RSS grew {:.1} MiB ({} nodes cached)",
+        if strip {
+            "stripped (as run caches them)"
+        } else {
+            "NOT stripped"
+        },
+        after - before,
+        store.len()
+    );
+}
+
+fn probes() -> Vec<PieProbe> {
+    ["compute", "storage", "infra"]
+        .iter()
+        .map(|role| {
+            serde_json::from_value(json!({
+                "apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+                "metadata": {"name": format!("probe-{role}"), "namespace": "pie", "uid": format!("uid-{role}")},
+                "spec": {"monitoringStorageClass": "topolvm-provisioner", "probeThreshold": "30s",
+                         "nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "node-role.kubernetes.io/role", "operator": "Exists"}]}]}}
+            }))
+            .expect("probe")
+        })
+        .collect()
+}
+
+fn plan_bench() {
+    let store = fill_cache(true);
+    let nodes: Vec<Arc<Node>> = store.state();
+    let probes = probes();
+    let config = Config {
+        agent_image: "ghcr.io/pie-rs/pie-agent:0.1.0".into(),
+        controller_url: "http://pie-controller.pie.svc:8082".into(),
+        probe_service_account: Some("pie-probe".into()),
+        image_pull_secrets: vec![],
+    };
+    // Warm-up pass.
+    for p in &probes {
+        drop(plan::plan(p, &nodes, true, &config));
+    }
+    let runs = 5;
+    for with_hash in [false, true] {
+        let mut best = f64::INFINITY;
+        let mut objects = 0;
+        reset_peak();
+        let base = rss_mib();
+        for _ in 0..runs {
+            let start = Instant::now();
+            // As the reconciler does: one PieProbe at a time, its plan dropped afterwards.
+            objects = 0;
+            for p in &probes {
+                let planned = plan::plan(p, &nodes, true, &config).expect("plan");
+                objects += planned.cron_jobs.len() + planned.pvcs.len();
+                if with_hash {
+                    let hashed: usize = planned
+                        .cron_jobs
+                        .into_iter()
+                        .map(|c| {
+                            plan::with_desired_hash(c)
+                                .metadata
+                                .annotations
+                                .map_or(0, |a| a.len())
+                        })
+                        .chain(planned.pvcs.into_iter().map(|c| {
+                            plan::with_desired_hash(c)
+                                .metadata
+                                .annotations
+                                .map_or(0, |a| a.len())
+                        }))
+                        .sum();
+                    assert!(hashed > 0);
+                }
+            }
+            best = best.min(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "plan{}: {NODES} nodes x {} PieProbes -> {objects} objects: best of {runs} {best:.1} ms, \
+             peak RSS above the node cache {:.1} MiB",
+            if with_hash {
+                " + desired-hash of every object (a full reconcile pass)"
+            } else {
+                ""
+            },
+            probes.len(),
+            peak_mib() - base
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let strip = !args.iter().any(|a| a == "--no-strip");
+    let which: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if which.is_empty() || which.contains(&"cache") {
+        cache_bench(strip);
+    }
+    if which.is_empty() || which.contains(&"plan") {
+        plan_bench();
+    }
+}
