@@ -189,7 +189,8 @@ impl FioJob {
         let output = match tokio::time::timeout(self.budget, child.wait_with_output()).await {
             Ok(output) => output.map_err(FioError::Wait)?,
             Err(_) => {
-                if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let pid = pid.and_then(|p| i32::try_from(p).ok());
+                if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
                     // The group may already be gone; there is nothing else to do then.
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
@@ -307,16 +308,14 @@ impl FioLatency {
 /// Parses fio's JSON output. Anything fio prints before the JSON document (warnings go to stdout
 /// in some versions) is skipped.
 pub fn parse_output(stdout: &str) -> Result<FioOutput, FioError> {
-    let start = stdout
-        .lines()
-        .scan(0usize, |offset, line| {
-            let here = *offset;
-            *offset += line.len() + 1;
-            Some((here, line))
-        })
-        .find(|(_, line)| line.starts_with('{'))
-        .map(|(offset, _)| offset)
-        .ok_or_else(|| FioError::Parse("no JSON document in fio's output".into()))?;
+    let start = if stdout.starts_with('{') {
+        0
+    } else {
+        stdout
+            .find("\n{")
+            .map(|i| i + 1)
+            .ok_or_else(|| FioError::Parse("no JSON document in fio's output".into()))?
+    };
     serde_json::from_str(&stdout[start..]).map_err(|e| FioError::Parse(e.to_string()))
 }
 
@@ -607,7 +606,16 @@ mod tests {
     async fn a_hanging_fio_is_killed_at_the_budget() {
         let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let script = tmp.path().join("fio");
-        std::fs::write(&script, "#!/bin/sh\nsleep 30\n").unwrap();
+        let pid_file = tmp.path().join("grandchild.pid");
+        // Like fio, the script forks a worker; the whole process group must be killed.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nsleep 30 &\necho $! > '{}'\nwait\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let mut job = job(tmp.path());
@@ -617,6 +625,18 @@ mod tests {
         let err = job.run().await.unwrap_err();
         assert!(matches!(err, FioError::TimedOut(_)), "{err:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie waiting for a PID 1 that does not reap.
+        while std::fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.starts_with(" Z"))
+        }) {
+            assert!(std::time::Instant::now() < deadline, "worker still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[tokio::test]
