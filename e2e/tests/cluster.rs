@@ -43,7 +43,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
@@ -63,23 +66,46 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
     let ssa = PatchParams::apply("pie-e2e").force();
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("pieprobes.pie.topolvm.io", &ssa, &Patch::Apply(PieProbe::crd())).await.unwrap();
-    eventually("the CRD to be established", Duration::from_secs(60), || async {
-        crds.get("pieprobes.pie.topolvm.io").await.ok().and_then(|c| c.status).is_some_and(|s| {
-            s.conditions.iter().flatten().any(|c| c.type_ == "Established" && c.status == "True")
-        })
-    })
+    crds.patch(
+        "pieprobes.pie.topolvm.io",
+        &ssa,
+        &Patch::Apply(PieProbe::crd()),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            crds.get("pieprobes.pie.topolvm.io")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
     .await;
 
     let ns = format!("pie-e2e-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
     let classes: Api<StorageClass> = Api::all(client.clone());
     let missing = serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
         "metadata": {"name": MISSING_SC}, "provisioner": "example.com/does-not-exist",
         "volumeBindingMode": "WaitForFirstConsumer"});
-    classes.patch(MISSING_SC, &ssa, &Patch::Apply(&missing)).await.unwrap();
+    classes
+        .patch(MISSING_SC, &ssa, &Patch::Apply(&missing))
+        .await
+        .unwrap();
 
     let health = Arc::new(Health::default());
     let controller = tokio::spawn(pie_controller::run::run(
@@ -113,53 +139,101 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         .collect();
 
     for (name, sc) in [("on-standard", "standard"), ("on-missing", MISSING_SC)] {
-        let created = probes.create(&PostParams::default(), &probe(name, sc)).await.unwrap();
+        let created = probes
+            .create(&PostParams::default(), &probe(name, sc))
+            .await
+            .unwrap();
         let uid = created.uid().unwrap();
         let mut want = vec![names::provision_cronjob(name, sc)];
         want.extend(nodes.iter().map(|n| names::mount_cronjob(name, n, sc)));
         let want_pvcs: Vec<String> = nodes.iter().map(|n| names::pvc(name, n, sc)).collect();
         let selector = ListParams::default().labels(&format!("pie-probe={name}"));
-        eventually(&format!("{name}'s CronJobs and PVCs"), Duration::from_secs(90), || async {
-            let cjs = cron_jobs.list(&selector).await.unwrap().items;
-            let claims = pvcs.list(&selector).await.unwrap().items;
-            let owned_by = |o: &dyn Fn() -> Option<String>| o().as_deref() == Some(uid.as_str());
-            let mut got: Vec<String> = cjs
-                .iter()
-                .filter(|c| owned_by(&|| c.owner_references().iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())))
-                .map(|c| c.name_any())
-                .collect();
-            let mut got_pvcs: Vec<String> = claims
-                .iter()
-                .filter(|c| owned_by(&|| c.owner_references().iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())))
-                .map(|c| c.name_any())
-                .collect();
-            got.sort();
-            got_pvcs.sort();
-            let mut w = want.clone();
-            w.sort();
-            let mut wp = want_pvcs.clone();
-            wp.sort();
-            got == w && got_pvcs == wp
-        })
+        eventually(
+            &format!("{name}'s CronJobs and PVCs"),
+            Duration::from_secs(90),
+            || async {
+                let cjs = cron_jobs.list(&selector).await.unwrap().items;
+                let claims = pvcs.list(&selector).await.unwrap().items;
+                let owned_by =
+                    |o: &dyn Fn() -> Option<String>| o().as_deref() == Some(uid.as_str());
+                let mut got: Vec<String> = cjs
+                    .iter()
+                    .filter(|c| {
+                        owned_by(&|| {
+                            c.owner_references()
+                                .iter()
+                                .find(|r| r.controller == Some(true))
+                                .map(|r| r.uid.clone())
+                        })
+                    })
+                    .map(|c| c.name_any())
+                    .collect();
+                let mut got_pvcs: Vec<String> = claims
+                    .iter()
+                    .filter(|c| {
+                        owned_by(&|| {
+                            c.owner_references()
+                                .iter()
+                                .find(|r| r.controller == Some(true))
+                                .map(|r| r.uid.clone())
+                        })
+                    })
+                    .map(|c| c.name_any())
+                    .collect();
+                got.sort();
+                got_pvcs.sort();
+                let mut w = want.clone();
+                w.sort();
+                let mut wp = want_pvcs.clone();
+                wp.sort();
+                got == w && got_pvcs == wp
+            },
+        )
         .await;
     }
-    eventually("Ready=True on both PieProbes", Duration::from_secs(60), || async {
-        let list = probes.list(&ListParams::default()).await.unwrap().items;
-        list.len() == 2
-            && list.iter().all(|p| {
-                p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-    })
+    eventually(
+        "Ready=True on both PieProbes",
+        Duration::from_secs(60),
+        || async {
+            let list = probes.list(&ListParams::default()).await.unwrap().items;
+            list.len() == 2
+                && list.iter().all(|p| {
+                    p.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+        },
+    )
     .await;
-    assert!(health.ready(), "controller should be ready once its caches synced");
+    assert!(
+        health.ready(),
+        "controller should be ready once its caches synced"
+    );
 
-    probes.delete("on-standard", &DeleteParams::background()).await.unwrap();
+    probes
+        .delete("on-standard", &DeleteParams::background())
+        .await
+        .unwrap();
     let selector = ListParams::default().labels("pie-probe=on-standard");
-    eventually("on-standard's objects to be garbage collected", Duration::from_secs(180), || async {
-        cron_jobs.list(&selector).await.unwrap().items.is_empty() && pvcs.list(&selector).await.unwrap().items.is_empty()
-    })
+    eventually(
+        "on-standard's objects to be garbage collected",
+        Duration::from_secs(180),
+        || async {
+            cron_jobs.list(&selector).await.unwrap().items.is_empty()
+                && pvcs.list(&selector).await.unwrap().items.is_empty()
+        },
+    )
     .await;
-    assert!(!cron_jobs.list(&ListParams::default().labels("pie-probe=on-missing")).await.unwrap().items.is_empty());
+    assert!(
+        !cron_jobs
+            .list(&ListParams::default().labels("pie-probe=on-missing"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 
     controller.abort();
     let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
