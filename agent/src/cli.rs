@@ -46,7 +46,7 @@ pub enum Command {
 /// Flags of `mount-probe`.
 #[derive(Debug, Clone, Args)]
 pub struct MountProbeArgs {
-    /// Base URL of the controller's result receiver; results go to <URL>/api/v1/results.
+    /// Base URL of the controller's result receiver; results are posted to URL/api/v1/results.
     #[arg(
         long,
         env = "PIE_CONTROLLER_URL",
