@@ -93,7 +93,12 @@ impl Client {
         for endpoint in &config.endpoints {
             let transport = Transport::new(endpoint, &config.user_agent)?;
             let stats = Arc::new(EndpointStats::new(transport.url()));
-            let queue = Arc::new(Queue::new(config.queue_capacity, wake_at, stats.clone()));
+            let queue = Arc::new(Queue::new(
+                config.queue_capacity,
+                wake_at,
+                external.clone(),
+                stats.clone(),
+            ));
             endpoints.push((queue.clone(), stats.clone()));
             senders.push(Endpoint {
                 queue,
@@ -101,7 +106,6 @@ impl Client {
                 transport,
                 batch: config.batch.clone(),
                 retry: config.retry.clone(),
-                external: external.clone(),
             });
         }
         let tasks = senders

@@ -1,9 +1,12 @@
 //! Building request bodies: a `WriteRequest` in protobuf, compressed with the snappy block format.
 //!
-//! Labels are pre-encoded once per [`Series`], so encoding a request is mostly copying bytes.
+//! Labels are pre-encoded once per [`Series`] (merged with the external labels once, too), and
+//! queued samples point at those bytes, so encoding a request is mostly copying bytes.
 //! Consecutive samples of the same series share one `TimeSeries`; samples of a series that
 //! appear further apart get a `TimeSeries` each, in order, as Prometheus' own sender does.
 //! Tests decode real bodies with the generated prost types instead of trusting this encoder.
+
+use std::sync::Arc;
 
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
@@ -29,40 +32,62 @@ fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
     encode_varint(sample.timestamp_ms as u64, out);
 }
 
-/// An upper bound of the protobuf bytes `entry` adds to a request, for batch size limits.
-pub fn estimated_len(series: &Series, external: &ExternalLabels) -> usize {
-    // Label bytes, one sample (at most 21 bytes with its key and length), and the
-    // TimeSeries and WriteRequest framing (keys and lengths: at most 12 bytes).
-    series.encoded_labels().len() + external.encoded_len() + 21 + 12
+/// A sample ready to be encoded: the protobuf label entries of its series (merged with the
+/// client's external labels) and the sample. Samples of one series share the label bytes.
+#[derive(Clone)]
+pub struct PreparedSample {
+    labels: Arc<[u8]>,
+    /// The sample.
+    pub sample: Sample,
+}
+
+impl PreparedSample {
+    /// Prepares `sample` of `series` for a client with `external` labels.
+    pub fn new(series: &Series, external: &ExternalLabels, sample: Sample) -> PreparedSample {
+        PreparedSample {
+            labels: external.merged(series),
+            sample,
+        }
+    }
+
+    /// An upper bound of the protobuf bytes this sample adds to a request: its labels, one
+    /// sample (at most 21 bytes with key and length) and the `TimeSeries` framing (at most 12).
+    pub fn estimated_len(&self) -> usize {
+        self.labels.len() + 21 + 12
+    }
+}
+
+impl std::fmt::Debug for PreparedSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSample")
+            .field("label_bytes", &self.labels.len())
+            .field("sample", &self.sample)
+            .finish()
+    }
 }
 
 /// Appends the protobuf encoding of a `WriteRequest` holding `entries` (in order) to `out`.
-pub fn encode_write_request(
-    entries: &[(Series, Sample)],
-    external: &ExternalLabels,
-    out: &mut Vec<u8>,
-) {
+pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < entries.len() {
-        let series = &entries[i].0;
+        let labels = &entries[i].labels;
         let mut j = i + 1;
-        while j < entries.len() && entries[j].0 == *series {
+        while j < entries.len() && Arc::ptr_eq(&entries[j].labels, labels) {
             j += 1;
         }
-        let labels = external.merged(series);
         let samples_len: usize = entries[i..j]
             .iter()
-            .map(|(_, s)| {
-                let len = sample_len(s);
+            .map(|e| {
+                let len = sample_len(&e.sample);
                 1 + encoded_len_varint(len as u64) + len
             })
             .sum();
         // WriteRequest.timeseries = 1, LEN.
         encode_key(1, WireType::LengthDelimited, out);
         encode_varint((labels.len() + samples_len) as u64, out);
-        out.extend_from_slice(&labels);
-        for (_, sample) in &entries[i..j] {
-            write_sample(sample, out);
+        out.extend_from_slice(labels);
+        for e in &entries[i..j] {
+            write_sample(&e.sample, out);
         }
         i = j;
     }
@@ -124,13 +149,9 @@ impl RequestEncoder {
     }
 
     /// Encodes `entries` and compresses the result with the snappy block format.
-    pub fn encode(
-        &mut self,
-        entries: &[(Series, Sample)],
-        external: &ExternalLabels,
-    ) -> EncodedRequest<'_> {
+    pub fn encode(&mut self, entries: &[PreparedSample]) -> EncodedRequest<'_> {
         self.raw.clear();
-        encode_write_request(entries, external, &mut self.raw);
+        encode_write_request(entries, &mut self.raw);
         let max = snap::raw::max_compress_len(self.raw.len());
         if self.compressed.len() < max {
             self.compressed.resize(max, 0);
@@ -155,6 +176,13 @@ mod tests {
         Series::new(name, labels.iter().copied()).unwrap()
     }
 
+    fn prep(entries: &[(Series, Sample)], ext: &ExternalLabels) -> Vec<PreparedSample> {
+        entries
+            .iter()
+            .map(|(s, x)| PreparedSample::new(s, ext, *x))
+            .collect()
+    }
+
     fn labels_of(ts: &proto::TimeSeries) -> Vec<(String, String)> {
         ts.labels
             .iter()
@@ -174,7 +202,7 @@ mod tests {
             (b.clone(), Sample::stale(1_700_000_002_000)),
         ];
         let mut enc = RequestEncoder::new();
-        let req = enc.encode(&entries, &ExternalLabels::default());
+        let req = enc.encode(&prep(&entries, &ExternalLabels::default()));
         let raw_len = req.raw_len;
         let decoded = decode_write_request(req.body).unwrap();
         assert_eq!(
@@ -209,7 +237,7 @@ mod tests {
         let a = series("m", &[("x", "y")]);
         let entries = vec![(a, Sample::new(2.0, 7))];
         let mut ours = Vec::new();
-        encode_write_request(&entries, &ExternalLabels::default(), &mut ours);
+        encode_write_request(&prep(&entries, &ExternalLabels::default()), &mut ours);
         let theirs = proto::WriteRequest {
             timeseries: vec![proto::TimeSeries {
                 labels: vec![
@@ -247,7 +275,8 @@ mod tests {
         .unwrap();
         let s = series("m", &[("node", "n1"), ("b", "2")]);
         let mut enc = RequestEncoder::new();
-        let req = enc.encode(&[(s.clone(), Sample::new(1.0, 1))], &ext);
+        let prepared = prep(&[(s.clone(), Sample::new(1.0, 1))], &ext);
+        let req = enc.encode(&prepared);
         let decoded = decode_write_request(req.body).unwrap();
         assert_eq!(
             labels_of(&decoded.timeseries[0]),
@@ -260,7 +289,7 @@ mod tests {
                 ("zone".into(), "z1".into()),
             ]
         );
-        assert!(estimated_len(&s, &ext) >= req.raw_len);
+        assert!(prepared[0].estimated_len() >= req.raw_len);
     }
 
     #[test]
@@ -275,15 +304,12 @@ mod tests {
         );
         for ts in [0, 1, -1, i64::MAX, i64::MIN, 1_700_000_000_000] {
             let mut out = Vec::new();
-            encode_write_request(
+            let prepared = prep(
                 &[(s.clone(), Sample::new(1.0, ts))],
                 &ExternalLabels::default(),
-                &mut out,
             );
-            assert!(
-                out.len() <= estimated_len(&s, &ExternalLabels::default()),
-                "ts {ts}"
-            );
+            encode_write_request(&prepared, &mut out);
+            assert!(out.len() <= prepared[0].estimated_len(), "ts {ts}");
         }
     }
 
@@ -291,10 +317,10 @@ mod tests {
     fn stale_marker_keeps_its_bits() {
         let s = series("m", &[]);
         let mut enc = RequestEncoder::new();
-        let req = enc.encode(
+        let req = enc.encode(&prep(
             &[(s, Sample::new(stale_nan(), 3))],
             &ExternalLabels::default(),
-        );
+        ));
         let decoded = decode_write_request(req.body).unwrap();
         assert_eq!(
             decoded.timeseries[0].samples[0].value.to_bits(),
@@ -306,7 +332,10 @@ mod tests {
     fn body_is_snappy_block_format_not_framed() {
         let s = series("m", &[]);
         let mut enc = RequestEncoder::new();
-        let req = enc.encode(&[(s, Sample::new(1.0, 1))], &ExternalLabels::default());
+        let req = enc.encode(&prep(
+            &[(s, Sample::new(1.0, 1))],
+            &ExternalLabels::default(),
+        ));
         // The framed format starts with the stream identifier chunk 0xff 06 00 00 "sNaPpY".
         assert_ne!(req.body.first(), Some(&0xff));
         assert!(snap::raw::Decoder::new().decompress_vec(req.body).is_ok());

@@ -11,7 +11,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::config::{BatchConfig, RetryConfig};
 use crate::encode::RequestEncoder;
 use crate::queue::{Batch, Queue};
-use crate::series::ExternalLabels;
 use crate::stats::{DropReason, EndpointStats};
 use crate::transport::{Outcome, Transport};
 
@@ -69,7 +68,6 @@ pub(crate) struct Endpoint {
     pub(crate) transport: Transport,
     pub(crate) batch: BatchConfig,
     pub(crate) retry: RetryConfig,
-    pub(crate) external: ExternalLabels,
 }
 
 /// Resolves at the shutdown deadline; never resolves while no shutdown was requested.
@@ -106,11 +104,10 @@ impl Endpoint {
             };
             let shutting_down = shutdown.borrow().is_some();
             while drain_all || self.queue.has_full_batch() {
-                let Some(batch) = self.queue.take_batch(
-                    self.batch.max_samples,
-                    self.batch.max_bytes,
-                    &self.external,
-                ) else {
+                let Some(batch) = self
+                    .queue
+                    .take_batch(self.batch.max_samples, self.batch.max_bytes)
+                else {
                     break;
                 };
                 let fate = self
@@ -142,7 +139,7 @@ impl Endpoint {
     ) -> Fate {
         let url = self.transport.url();
         let samples = batch.entries.len() as u64;
-        let request = encoder.encode(&batch.entries, &self.external);
+        let request = encoder.encode(&batch.entries);
         let raw_len = request.raw_len as u64;
         let body = Bytes::copy_from_slice(request.body);
         let mut backoff = ExponentialBuilder::default()

@@ -40,7 +40,8 @@ pub use config::{
     VICTORIA_METRICS_MAX_REQUEST_BYTES,
 };
 pub use encode::{
-    DecodeError, EncodedRequest, RequestEncoder, decode_write_request, encode_write_request,
+    DecodeError, EncodedRequest, PreparedSample, RequestEncoder, decode_write_request,
+    encode_write_request,
 };
 pub use series::{
     ExternalLabels, MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS, METRIC_NAME_LABEL,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
 
-use crate::encode::estimated_len;
+use crate::encode::PreparedSample;
 use crate::series::{ExternalLabels, Sample, Series, SeriesMap};
 use crate::stats::{DropReason, EndpointStats};
 
@@ -26,7 +26,7 @@ struct SeriesState {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: VecDeque<(Series, Sample)>,
+    entries: VecDeque<PreparedSample>,
     /// Sequence number of `entries[0]`; numbers count every sample ever queued.
     head_seq: u64,
     /// First sequence number and length of the batch being sent.
@@ -52,7 +52,7 @@ impl State {
 /// A batch taken from the queue for sending.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    pub(crate) entries: Vec<(Series, Sample)>,
+    pub(crate) entries: Vec<PreparedSample>,
 }
 
 /// A bounded FIFO of samples for one endpoint.
@@ -65,19 +65,27 @@ pub(crate) struct Queue {
     force: AtomicBool,
     done: watch::Sender<u64>,
     stats: Arc<EndpointStats>,
+    external: ExternalLabels,
     capacity: usize,
     wake_at: usize,
 }
 
 impl Queue {
-    /// A queue holding at most `capacity` samples that wakes its sender once `wake_at` are queued.
-    pub(crate) fn new(capacity: usize, wake_at: usize, stats: Arc<EndpointStats>) -> Queue {
+    /// A queue holding at most `capacity` samples that wakes its sender once `wake_at` are
+    /// queued; samples are prepared with `external` labels as they are queued.
+    pub(crate) fn new(
+        capacity: usize,
+        wake_at: usize,
+        external: ExternalLabels,
+        stats: Arc<EndpointStats>,
+    ) -> Queue {
         Queue {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             force: AtomicBool::new(false),
             done: watch::Sender::new(0),
             stats,
+            external,
             capacity,
             wake_at: wake_at.max(1),
         }
@@ -113,7 +121,7 @@ impl Queue {
                 );
             }
         }
-        self.enqueue(st, series.clone(), sample);
+        self.enqueue(st, series, sample);
         true
     }
 
@@ -131,18 +139,19 @@ impl Queue {
         let ts = timestamp_ms.max(s.last_ms.saturating_add(1));
         s.last_ms = ts;
         s.stale = true;
-        self.enqueue(st, series.clone(), Sample::stale(ts));
+        self.enqueue(st, series, Sample::stale(ts));
         true
     }
 
-    fn enqueue(&self, mut st: MutexGuard<'_, State>, series: Series, sample: Sample) {
+    fn enqueue(&self, mut st: MutexGuard<'_, State>, series: &Series, sample: Sample) {
         let mut dropped = 0;
         while st.entries.len() >= self.capacity {
             st.entries.pop_front();
             st.head_seq += 1;
             dropped += 1;
         }
-        st.entries.push_back((series, sample));
+        st.entries
+            .push_back(PreparedSample::new(series, &self.external, sample));
         let len = st.entries.len();
         self.stats.set_pending(st.pending());
         if dropped > 0 {
@@ -178,12 +187,7 @@ impl Queue {
 
     /// Takes the oldest samples, at most `max_samples` and about `max_bytes` of protobuf (at
     /// least one sample), as the batch in flight. `None` when the queue is empty.
-    pub(crate) fn take_batch(
-        &self,
-        max_samples: usize,
-        max_bytes: usize,
-        external: &ExternalLabels,
-    ) -> Option<Batch> {
+    pub(crate) fn take_batch(&self, max_samples: usize, max_bytes: usize) -> Option<Batch> {
         let mut st = self.lock();
         debug_assert!(st.inflight.is_none(), "one batch in flight at a time");
         if st.entries.is_empty() {
@@ -191,8 +195,8 @@ impl Queue {
         }
         let mut bytes = 0;
         let mut n = 0;
-        for (series, _) in st.entries.iter().take(max_samples) {
-            let len = estimated_len(series, external);
+        for entry in st.entries.iter().take(max_samples) {
+            let len = entry.estimated_len();
             if n > 0 && bytes + len > max_bytes {
                 break;
             }
@@ -267,17 +271,21 @@ mod tests {
 
     fn queue(capacity: usize) -> (Queue, Arc<EndpointStats>) {
         let stats = Arc::new(EndpointStats::new("http://test"));
-        (Queue::new(capacity, 10, stats.clone()), stats)
+        (
+            Queue::new(capacity, 10, ExternalLabels::default(), stats.clone()),
+            stats,
+        )
     }
 
     fn s(name: &str) -> Series {
         Series::new(name, [("a", "b")]).unwrap()
     }
 
-    fn take_all(q: &Queue) -> Vec<(Series, Sample)> {
-        let b = q.take_batch(usize::MAX, usize::MAX, &ExternalLabels::default());
+    fn take_all(q: &Queue) -> Vec<Sample> {
+        let b = q.take_batch(usize::MAX, usize::MAX);
         q.complete_batch();
-        b.map(|b| b.entries).unwrap_or_default()
+        b.map(|b| b.entries.into_iter().map(|e| e.sample).collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -305,7 +313,7 @@ mod tests {
         for i in 0..5 {
             q.push(&s("a"), Sample::new(i as f64, i));
         }
-        let values: Vec<f64> = take_all(&q).iter().map(|(_, s)| s.value).collect();
+        let values: Vec<f64> = take_all(&q).iter().map(|s| s.value).collect();
         assert_eq!(values, vec![2.0, 3.0, 4.0]);
         let snap = stats.snapshot();
         assert_eq!(snap.dropped(DropReason::QueueFull), 2);
@@ -330,20 +338,20 @@ mod tests {
         for i in 0..25 {
             q.push(&a, Sample::new(0.0, i));
         }
-        let ext = ExternalLabels::default();
-        let b = q.take_batch(10, usize::MAX, &ext).unwrap();
+        let b = q.take_batch(10, usize::MAX).unwrap();
         assert_eq!(b.entries.len(), 10);
         q.complete_batch();
-        let one = estimated_len(&a, &ext);
-        let b = q.take_batch(100, one * 3 + 1, &ext).unwrap();
+        let one = PreparedSample::new(&a, &ExternalLabels::default(), Sample::new(0.0, 0))
+            .estimated_len();
+        let b = q.take_batch(100, one * 3 + 1).unwrap();
         assert_eq!(b.entries.len(), 3);
         q.complete_batch();
         // A single sample larger than max_bytes still goes out alone.
-        let b = q.take_batch(100, 1, &ext).unwrap();
+        let b = q.take_batch(100, 1).unwrap();
         assert_eq!(b.entries.len(), 1);
         q.complete_batch();
         assert_eq!(q.len(), 11);
-        let ts: Vec<i64> = take_all(&q).iter().map(|(_, s)| s.timestamp_ms).collect();
+        let ts: Vec<i64> = take_all(&q).iter().map(|s| s.timestamp_ms).collect();
         assert_eq!(ts, (14..25).collect::<Vec<_>>(), "FIFO order");
     }
 
@@ -357,14 +365,14 @@ mod tests {
         assert!(!q.mark_stale(&a, 200), "only once");
         let got = take_all(&q);
         assert_eq!(got.len(), 2);
-        assert!(got[1].1.is_stale());
-        assert_eq!(got[1].1.timestamp_ms, 51);
+        assert!(got[1].is_stale());
+        assert_eq!(got[1].timestamp_ms, 51);
         // A new sample revives the series; then it can be marked again.
         assert!(q.push(&a, Sample::new(1.0, 300)));
         assert!(q.mark_stale(&a, 400));
         let got = take_all(&q);
-        assert_eq!(got[1].1.timestamp_ms, 400);
-        assert_eq!(got[1].1.value.to_bits(), crate::series::STALE_NAN_BITS);
+        assert_eq!(got[1].timestamp_ms, 400);
+        assert_eq!(got[1].value.to_bits(), crate::series::STALE_NAN_BITS);
     }
 
     #[test]
@@ -392,9 +400,7 @@ mod tests {
         let target = q.request_flush();
         assert!(q.take_flush_request());
         assert!(!q.take_flush_request(), "the request is cleared once taken");
-        let b = q
-            .take_batch(10, usize::MAX, &ExternalLabels::default())
-            .unwrap();
+        let b = q.take_batch(10, usize::MAX).unwrap();
         assert_eq!(b.entries.len(), 1);
         let waiter = tokio::spawn({
             let q = q.clone();
@@ -416,9 +422,7 @@ mod tests {
             q.push(&a, Sample::new(0.0, i));
         }
         let target = q.request_flush();
-        let b = q
-            .take_batch(10, usize::MAX, &ExternalLabels::default())
-            .unwrap();
+        let b = q.take_batch(10, usize::MAX).unwrap();
         assert_eq!(b.entries.len(), 2, "capacity 2 kept the newest two");
         q.complete_batch();
         tokio::time::timeout(std::time::Duration::from_secs(1), q.wait_done(target))

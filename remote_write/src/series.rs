@@ -6,7 +6,6 @@
 //! here, at the API boundary, and can never reach the wire. The protobuf encoding of the labels
 //! is computed once and reused for every request the series appears in.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -155,15 +154,16 @@ pub struct Series(Arc<Labels>);
 /// Labels sorted by name with their pre-encoded protobuf bytes.
 struct Labels {
     pairs: Box<[(Box<str>, Box<str>)]>,
-    /// `TimeSeries.labels` field entries for every pair, concatenated in order.
-    encoded: Box<[u8]>,
+    /// `TimeSeries.labels` field entries for every pair, concatenated in order (shared with
+    /// every queued sample of the series).
+    encoded: Arc<[u8]>,
     /// `encoded[offsets[i]..offsets[i + 1]]` is pair `i`'s entry.
     offsets: Box<[u32]>,
     /// A hash of `encoded`, computed once.
     hash: u64,
     /// The entries merged with one set of external labels (identified by its id), computed
     /// the first time the series is encoded with them.
-    merged: OnceLock<(u64, Box<[u8]>)>,
+    merged: OnceLock<(u64, Arc<[u8]>)>,
 }
 
 impl Labels {
@@ -180,7 +180,7 @@ impl Labels {
         encoded.hash(&mut hasher);
         Labels {
             pairs: pairs.into_boxed_slice(),
-            encoded: encoded.into_boxed_slice(),
+            encoded: encoded.into(),
             offsets: offsets.into_boxed_slice(),
             hash: hasher.finish(),
             merged: OnceLock::new(),
@@ -279,7 +279,7 @@ impl Series {
     }
 
     /// The labels' protobuf encoding: concatenated `TimeSeries.labels` field entries.
-    pub(crate) fn encoded_labels(&self) -> &[u8] {
+    pub(crate) fn encoded_labels(&self) -> &Arc<[u8]> {
         &self.0.encoded
     }
 
@@ -420,25 +420,22 @@ impl ExternalLabels {
 
     /// `series`' label entries merged with these external labels, in name order. The merge is
     /// computed once per series and cached in it (for the first external label set it meets).
-    pub(crate) fn merged<'a>(&self, series: &'a Series) -> Cow<'a, [u8]> {
+    pub(crate) fn merged(&self, series: &Series) -> Arc<[u8]> {
         if self.labels.is_none() {
-            return Cow::Borrowed(series.encoded_labels());
+            return series.encoded_labels().clone();
         }
         if let Some((id, bytes)) = series.0.merged.get() {
             if *id == self.id {
-                return Cow::Borrowed(bytes);
+                return bytes.clone();
             }
             let mut out = Vec::new();
             self.write_merged(series, &mut out);
-            return Cow::Owned(out);
+            return out.into();
         }
         let mut out = Vec::new();
         self.write_merged(series, &mut out);
-        let (_, bytes) = series
-            .0
-            .merged
-            .get_or_init(|| (self.id, out.into_boxed_slice()));
-        Cow::Borrowed(bytes)
+        let (_, bytes) = series.0.merged.get_or_init(|| (self.id, out.into()));
+        bytes.clone()
     }
 
     /// Writes `series`' label entries merged with these external labels, in name order. A
@@ -479,11 +476,6 @@ impl ExternalLabels {
                 }
             }
         }
-    }
-
-    /// An upper bound of the bytes [`ExternalLabels::merged`] adds to a series' labels.
-    pub(crate) fn encoded_len(&self) -> usize {
-        self.labels.as_ref().map_or(0, |l| l.encoded.len())
     }
 }
 

@@ -358,8 +358,9 @@ async fn a_full_batch_is_sent_without_waiting_for_the_interval() {
     config.batch.max_samples = 5;
     let client = Client::new(config).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = series("a");
     for i in 0..5 {
-        client.push(&series("a"), Sample::new(0.0, i));
+        client.push(&a, Sample::new(0.0, i));
     }
     let requests = rx.wait_requests(1).await;
     assert_eq!(requests[0].body.timeseries[0].samples.len(), 5);
