@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Checks deploy/: every kustomization renders (`kubectl kustomize`, the kustomize built into
+# kubectl), and every object validates offline: built-in kinds against the Kubernetes schemas
+# of PyPI's kubernetes-validate (1.29 and the newest it has, strict), PieProbes against the
+# CRD's openAPIV3Schema, VMRule/PrometheusRule/VMServiceScrape against their spec's essentials;
+# plus pie's invariants (least-privilege RBAC, hardened Deployment), the sample and example
+# PieProbes, the Grafana ConfigMap and the Dockerfile's essentials.
+# Needs: kubectl (client only, no cluster), python3 with PyYAML and jsonschema, and
+# kubernetes-validate (installed here with pip when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v kubectl >/dev/null 2>&1 || { echo "check-deploy: kubectl not found (needed for 'kubectl kustomize')" >&2; exit 1; }
+if ! python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null; then
+  echo "check-deploy: installing kubernetes-validate from PyPI" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate>=1.31' jsonschema pyyaml
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+rendered=()
+for dir in deploy deploy/overlays/* deploy/monitoring deploy/grafana deploy/alerts deploy/examples/kind; do
+  [ -f "$dir/kustomization.yaml" ] || [ "$dir" = deploy/monitoring ] || { echo "check-deploy: $dir has no kustomization.yaml" >&2; exit 1; }
+  out="$tmp/$(echo "$dir" | tr / _).yaml"
+  if [ -f "$dir/kustomization.yaml" ]; then
+    echo "check-deploy: kubectl kustomize $dir"
+    kubectl kustomize "$dir" >"$out"
+  else
+    cat "$dir"/*.yaml >"$out"
+  fi
+  rendered+=("$out")
+done
+
+# The base leaves the two required values as placeholders; no overlay or example may.
+if ! grep -q 'CHANGE-ME' "$tmp/deploy.yaml"; then
+  echo "check-deploy: the base should carry the CHANGE-ME placeholders" >&2; exit 1
+fi
+for out in "$tmp"/deploy_overlays_*.yaml "$tmp/deploy_examples_kind.yaml"; do
+  if grep -q 'CHANGE-ME' "$out"; then
+    echo "check-deploy: $(basename "$out") still has a CHANGE-ME placeholder" >&2; exit 1
+  fi
+done
+
+python3 scripts/lib/check_manifests.py "${rendered[@]}" \
+  deploy/samples/*.yaml deploy/examples/kind/pieprobe.yaml \
+  deploy/alerts/vmrule.yaml deploy/alerts/prometheusrule.yaml
+
+echo "check-deploy: Dockerfile"
+for want in 'FROM rust:1.95-bookworm AS builder' 'AS controller' 'FROM debian:bookworm-slim AS agent' \
+            'USER 65532:65532' 'USER 1001:1001' 'fio'; do
+  grep -qF -- "$want" Dockerfile || { echo "check-deploy: Dockerfile lacks '$want'" >&2; exit 1; }
+done
+echo "check-deploy: ok"
