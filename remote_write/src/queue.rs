@@ -87,7 +87,8 @@ impl Queue {
             stats,
             external,
             capacity,
-            wake_at: wake_at.max(1),
+            // A queue smaller than a batch wakes its sender when full.
+            wake_at: wake_at.clamp(1, capacity.max(1)),
         }
     }
 
@@ -161,7 +162,9 @@ impl Queue {
         if dropped > 0 {
             self.stats.dropped(DropReason::QueueFull, dropped);
         }
-        if len >= self.wake_at {
+        // Wake the sender when a full batch becomes available; while it is busy it keeps
+        // taking full batches by itself, so waking it on every push would only cost.
+        if len == self.wake_at {
             self.wake.notify_one();
         }
     }
