@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checks pie's alert rules (deploy/alerts/): the rendered files are up to date with source.yaml,
 # promtool and vmalert accept them, every alert has firing and not-firing unit tests that pass
-# (promtool test rules), and they only use metrics and labels of docs/metrics.md.
-# Needs: python3 with PyYAML, promtool (Debian `prometheus`), vmalert (Debian `victoria-metrics`).
+# (promtool test rules), the same tests pass in VictoriaMetrics + vmalert (replay mode, on
+# 127.0.0.1), and they only use metrics and labels of docs/metrics.md.
+# Needs: python3 with PyYAML, promtool (Debian `prometheus`), victoria-metrics and vmalert
+# (Debian `victoria-metrics`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in promtool vmalert python3; do
+for tool in promtool vmalert victoria-metrics python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "check-alerts: $tool not found (task deps installs it)" >&2; exit 1; }
 done
 
@@ -39,4 +41,7 @@ yaml.safe_dump(rules, open(sys.argv[1], "w"), sort_keys=False)
 PY
 cp deploy/alerts/tests/*.yaml "$tmp/"
 promtool test rules "$tmp"/*.yaml
+
+echo "check-alerts: the same tests in VictoriaMetrics + vmalert (MetricsQL)"
+python3 scripts/lib/vm_alert_replay.py
 echo "check-alerts: ok"
