@@ -7,7 +7,9 @@
 * every target has a refId and a non-empty expr using only metrics and labels of
   docs/metrics.md; every variable an expr, title or datasource references exists;
 * the datasource is the variable `datasource` of type prometheus (works with VictoriaMetrics);
-* variables cluster, storage_class and node exist; the file is what scripts/gen-dashboard.py writes.
+* variables cluster, storage_class and node exist; the file is what scripts/gen-dashboard.py writes;
+* every expr (variables replaced by sample values) parses as PromQL (`promtool check rules`) and
+  as MetricsQL (`vmalert -dryRun`), when those tools are installed.
 """
 import json
 import re
@@ -21,6 +23,49 @@ from metrics_doc import ROOT, documented, unknown_metrics  # noqa: E402
 BUILTIN = {"__interval", "__interval_ms", "__rate_interval", "__range", "__range_s", "__range_ms",
            "__all", "__auto", "__dashboard", "__from", "__to", "__name", "__org", "__user", "timeFilter"}
 VAR_RE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+)|\[\[(\w+)\]\])")
+
+
+SAMPLE = {"cluster": ".*", "storage_class": ".*", "node": ".*", "window": "1h",
+          "__rate_interval": "2m", "__interval": "1m", "__range": "6h"}
+
+
+def exprs_of(d):
+    """Every PromQL expression of a dashboard, variables replaced by sample values."""
+    out = []
+    for p in walk(d.get("panels", [])):
+        for t in p.get("targets", []):
+            if (t.get("expr") or "").strip():
+                out.append((f"panel {p['id']} {t.get('refId')}", t["expr"]))
+    for v in d.get("templating", {}).get("list", []):
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if v.get("type") == "query" and q:
+            out.append((f"variable {v['name']}", re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", q)))
+    return [(w, VAR_RE.sub(lambda m: SAMPLE.get(m.group(1) or m.group(2) or m.group(3), ".*"), e))
+            for w, e in out]
+
+
+def parse_check(dashboards):
+    """promtool and vmalert parse every expression, as recording rules of a scratch file."""
+    import shutil
+    import tempfile
+    import yaml
+    errors = []
+    rules = [{"record": f"dashboard:expr_{i}", "expr": e}
+             for i, (_, e) in enumerate(x for d in dashboards for x in exprs_of(d))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dashboard.rules.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        for tool, cmd in (("promtool", ["promtool", "check", "rules", str(path)]),
+                          ("vmalert", ["vmalert", "-dryRun", f"-rule={path}", "-loggerLevel=ERROR"])):
+            if not shutil.which(tool):
+                print(f"check-dashboard: {tool} not installed, skipping its parse check")
+                continue
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                errors.append(f"{tool} rejects a dashboard expression: {(r.stdout + r.stderr)[-1500:]}")
+    print(f"check-dashboard: {len(rules)} expressions parsed")
+    return errors
 
 
 def walk(panels):
@@ -114,6 +159,7 @@ def main():
     errors = [] if files else ["deploy/grafana: no dashboard"]
     for f in files:
         errors += check(f, docs)
+    errors += parse_check([json.loads(f.read_text()) for f in files])
     gen = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-dashboard.py"), "--check"])
     if gen.returncode:
         errors.append("deploy/grafana/pie-dashboard.json differs from scripts/gen-dashboard.py's output")
