@@ -9,7 +9,9 @@
 * the datasource is the variable `datasource` of type prometheus (works with VictoriaMetrics);
 * variables cluster, storage_class and node exist; the file is what scripts/gen-dashboard.py writes;
 * every expr (variables replaced by sample values) parses as PromQL (`promtool check rules`) and
-  as MetricsQL (`vmalert -dryRun`), when those tools are installed.
+  as MetricsQL (`vmalert -dryRun`), when those tools are installed;
+* every query returns data from a VictoriaMetrics on 127.0.0.1 holding synthetic series of
+  every documented metric (scripts/lib/vm_dashboard_queries.py), when victoria-metrics is installed.
 """
 import json
 import re
@@ -160,6 +162,12 @@ def main():
     for f in files:
         errors += check(f, docs)
     errors += parse_check([json.loads(f.read_text()) for f in files])
+    import shutil
+    if shutil.which("victoria-metrics"):
+        if subprocess.run([sys.executable, str(ROOT / "scripts" / "lib" / "vm_dashboard_queries.py")]).returncode:
+            errors.append("some dashboard queries return no data from VictoriaMetrics (see above)")
+    else:
+        print("check-dashboard: victoria-metrics not installed, skipping the query run")
     gen = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-dashboard.py"), "--check"])
     if gen.returncode:
         errors.append("deploy/grafana/pie-dashboard.json differs from scripts/gen-dashboard.py's output")
