@@ -173,6 +173,39 @@ def check_invariants(obj, where, errors):
             errors.append(f"{where}: Deployment {name} needs 2 replicas")
 
 
+def check_references(objs, path, errors):
+    """Within one rendered file: volume mounts name a volume of the Pod, and ConfigMaps,
+    Secrets-by-volume and ServiceAccounts a Pod uses are rendered too (or are documented as
+    created by the user: the Secret pie-remote-write)."""
+    have = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs}
+    for o in objs:
+        if o["kind"] not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        ns = o["metadata"].get("namespace")
+        spec = o["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        where = f"{path}: {o['kind']} {o['metadata']['name']}"
+        sa = spec.get("serviceAccountName")
+        if sa and ("ServiceAccount", ns, sa) not in have:
+            errors.append(f"{where}: ServiceAccount {sa} is not rendered")
+        for v in volumes.values():
+            cm = v.get("configMap", {}).get("name")
+            if cm and ("ConfigMap", ns, cm) not in have:
+                errors.append(f"{where}: volume {v['name']}: ConfigMap {cm} is not rendered")
+        for c in spec["containers"]:
+            for m in c.get("volumeMounts", []):
+                if m["name"] not in volumes:
+                    errors.append(f"{where}: mount {m['name']} has no volume")
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref and ("ConfigMap", ns, ref["name"]) not in have:
+                    errors.append(f"{where}: env {e['name']}: ConfigMap {ref['name']} is not rendered")
+                elif ref:
+                    (cm,) = [x for x in objs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == ref["name"]]
+                    if ref["key"] not in cm.get("data", {}):
+                        errors.append(f"{where}: env {e['name']}: key {ref['key']} not in ConfigMap {ref['name']}")
+
+
 def validate(obj, where, errors, pieprobe_schema):
     kind = obj.get("kind")
     if kind == "PieProbe":
@@ -198,11 +231,11 @@ def main(paths):
     pieprobe_schema = crd_schema()
     errors, count = [], 0
     for path in paths:
-        for i, obj in enumerate(yaml.safe_load_all(Path(path).read_text())):
-            if obj is None:
-                continue
+        objs = [o for o in yaml.safe_load_all(Path(path).read_text()) if o is not None]
+        for i, obj in enumerate(objs):
             count += 1
             validate(obj, f"{path}#{i}", errors, pieprobe_schema)
+        check_references(objs, path, errors)
     for e in errors:
         print("FAIL", e)
     print(f"check_manifests: {count} objects in {len(paths)} files, {len(errors)} errors")
