@@ -100,6 +100,11 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
     let ns = probe
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    if probe.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the owned objects; re-applying them
+        // would race it.
+        return Ok(Action::await_change());
+    }
     let nodes = ctx.stores.nodes.state();
     let sc = &probe.spec.monitoring_storage_class;
     let sc_exists = ctx

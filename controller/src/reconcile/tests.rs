@@ -423,6 +423,20 @@ async fn blocked_probe_already_reported_writes_nothing() {
     assert!(matches!(run(probe, ctx).await, Err(Error::Blocked(_))));
 }
 
+#[tokio::test]
+async fn probe_being_deleted_is_left_to_the_garbage_collector() {
+    let (mut caches, stores) = setup();
+    for n in nodes() {
+        add(&mut caches.nodes, n);
+    }
+    add(&mut caches.storage_classes, storage_class("standard"));
+    let (ctx, _api) = context(stores);
+    let mut probe = probe();
+    probe.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    // Any API call would wait for an answer that never comes, and `run` would time out.
+    assert_eq!(run(probe, ctx).await.unwrap(), Action::await_change());
+}
+
 #[test]
 fn backoff_doubles_up_to_five_minutes() {
     let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
