@@ -7,8 +7,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::buffer::{Buffer, Settings, SharedBuffer, endpoint_dir_name};
 use crate::config::{ClientConfig, ConfigError};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Leftover};
 use crate::queue::Queue;
 use crate::series::{ExternalLabels, Sample, Series, SeriesError};
 use crate::stats::{DropReason, EndpointStats, EndpointStatsSnapshot};
@@ -31,7 +32,9 @@ pub struct Client {
 struct Inner {
     endpoints: Vec<(Arc<Queue>, Arc<EndpointStats>)>,
     shutdown: watch::Sender<Option<Instant>>,
-    tasks: Mutex<Vec<(String, JoinHandle<u64>)>>,
+    tasks: Mutex<Vec<(String, JoinHandle<Leftover>)>>,
+    /// Whether the endpoints have disk buffers.
+    buffered: bool,
 }
 
 impl Drop for Inner {
@@ -50,27 +53,41 @@ impl Drop for Inner {
 /// What [`Client::shutdown`] could not deliver.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShutdownReport {
-    /// `(endpoint URL, samples not delivered)` for every endpoint.
+    /// `(endpoint URL, samples not delivered)` for every endpoint: lost, neither delivered
+    /// nor kept in the disk buffer.
     pub endpoints: Vec<(String, u64)>,
+    /// `(endpoint URL, samples in the disk buffer)` for every endpoint with a buffer: kept on
+    /// disk for the next client using the same `buffer_dir` (earlier runs' included).
+    pub buffered: Vec<(String, u64)>,
 }
 
 impl ShutdownReport {
-    /// Samples not delivered, summed over endpoints.
+    /// Samples not delivered and not buffered (lost), summed over endpoints.
     pub fn undelivered(&self) -> u64 {
         self.endpoints.iter().map(|(_, n)| n).sum()
     }
 
-    /// Whether everything was delivered everywhere.
+    /// Samples left in disk buffers, summed over endpoints.
+    pub fn buffered_samples(&self) -> u64 {
+        self.buffered.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Whether everything was delivered everywhere (nothing lost, nothing left on disk).
     pub fn is_complete(&self) -> bool {
-        self.undelivered() == 0
+        self.undelivered() == 0 && self.buffered_samples() == 0
     }
 }
 
 impl Client {
     /// Validates `config` and starts one sender task per endpoint on the current tokio runtime.
     ///
+    /// With [`ClientConfig::buffer_dir`], each endpoint's buffer directory is created, locked
+    /// and indexed here (reading the segments left by an earlier run), and their records are
+    /// sent before anything pushed to this client.
+    ///
     /// # Errors
-    /// A [`ConfigError`] for invalid settings, URLs, headers, CA files or external labels.
+    /// A [`ConfigError`] for invalid settings, URLs, headers, CA files or external labels, or
+    /// a buffer directory that cannot be created, read or locked (in use by another client).
     ///
     /// # Panics
     /// When called outside a tokio runtime.
@@ -99,6 +116,25 @@ impl Client {
                 external.clone(),
                 stats.clone(),
             ));
+            let buffer = match &config.buffer_dir {
+                Some(root) => {
+                    let dir = root.join(endpoint_dir_name(transport.url()));
+                    let settings = Settings {
+                        dir: dir.clone(),
+                        max_bytes: config.buffer_max_bytes,
+                        segment_bytes: config.buffer_segment_bytes,
+                        fsync: config.buffer_fsync,
+                    };
+                    let buffer =
+                        Buffer::open(settings, transport.url(), stats.clone(), queue.clone())
+                            .map_err(|e| ConfigError::Buffer {
+                                path: dir,
+                                reason: e.to_string(),
+                            })?;
+                    Some(SharedBuffer::new(buffer))
+                }
+                None => None,
+            };
             endpoints.push((queue.clone(), stats.clone()));
             senders.push(Endpoint {
                 queue,
@@ -106,6 +142,7 @@ impl Client {
                 transport,
                 batch: config.batch.clone(),
                 retry: config.retry.clone(),
+                buffer,
             });
         }
         let tasks = senders
@@ -120,6 +157,7 @@ impl Client {
                 endpoints,
                 shutdown,
                 tasks: Mutex::new(tasks),
+                buffered: config.buffer_dir.is_some(),
             }),
         })
     }
@@ -167,8 +205,10 @@ impl Client {
     }
 
     /// Sends everything queued now and waits until every sample pushed before this call was
-    /// delivered or dropped, on every endpoint. While an endpoint is down this waits for it to
-    /// come back; wrap it in [`tokio::time::timeout`] to bound the wait.
+    /// delivered or dropped, on every endpoint (a sample moved to the disk buffer is neither
+    /// until it is replayed). While an endpoint is down this waits for it to come back; wrap it
+    /// in [`tokio::time::timeout`] to bound the wait. Records left by an earlier run are not
+    /// waited for.
     pub async fn flush(&self) {
         let targets: Vec<u64> = self
             .inner
@@ -182,8 +222,10 @@ impl Client {
     }
 
     /// Delivers what it can within `timeout`, then stops the senders and reports what each
-    /// endpoint could not deliver. Samples pushed afterwards are not sent. A second call
-    /// returns an empty report.
+    /// endpoint could not deliver. With a disk buffer, what is undelivered at the deadline
+    /// (the batch in flight and everything queued) is written to disk instead of being lost,
+    /// which takes a moment after the deadline. Samples pushed afterwards are not sent. A
+    /// second call returns an empty report.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let deadline = Instant::now() + timeout;
         self.inner.shutdown.send_replace(Some(deadline));
@@ -196,18 +238,28 @@ impl Client {
             .collect();
         let mut report = ShutdownReport::default();
         for (url, task) in tasks {
-            let undelivered = task.await.unwrap_or_else(|e| {
+            let left = task.await.unwrap_or_else(|e| {
                 tracing::error!(endpoint = url, "remote-write sender ended abnormally: {e}");
-                0
+                Leftover::default()
             });
-            if undelivered > 0 {
+            if left.lost > 0 {
                 tracing::warn!(
                     endpoint = url,
-                    undelivered,
+                    undelivered = left.lost,
                     "remote write shut down with samples undelivered"
                 );
             }
-            report.endpoints.push((url, undelivered));
+            if left.buffered > 0 {
+                tracing::info!(
+                    endpoint = url,
+                    buffered = left.buffered,
+                    "remote write shut down with samples kept in its disk buffer"
+                );
+            }
+            if self.inner.buffered {
+                report.buffered.push((url.clone(), left.buffered));
+            }
+            report.endpoints.push((url, left.lost));
         }
         report
     }

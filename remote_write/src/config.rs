@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::buffer::Fsync;
+
 /// Largest request VictoriaMetrics accepts by default (`-maxInsertRequestSize`).
 pub const VICTORIA_METRICS_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
@@ -23,6 +25,20 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// The `User-Agent` header, `<name>/<version>`.
     pub user_agent: String,
+    /// Keep what cannot be delivered in time on disk, under this directory (one
+    /// subdirectory per endpoint, named after a hash of its URL), and replay it after a
+    /// restart. `None` (default): no disk buffer; undeliverable samples are dropped. The
+    /// directory should be on local storage (e.g. a Kubernetes `emptyDir` that outlives a
+    /// container restart). See [`crate::buffer`] for the format and guarantees.
+    pub buffer_dir: Option<PathBuf>,
+    /// The most bytes each endpoint's buffer may hold on disk (default 256 MiB); beyond it
+    /// the oldest segments are deleted and counted. At least twice `buffer_segment_bytes`.
+    pub buffer_max_bytes: u64,
+    /// A new segment file is started once the current one reaches this size (default
+    /// 8 MiB). The cap drops whole segments, so this is also its granularity. At least 4 KiB.
+    pub buffer_segment_bytes: u64,
+    /// When buffer writes are synced to the disk (default: after every batch).
+    pub buffer_fsync: Fsync,
 }
 
 impl Default for ClientConfig {
@@ -34,6 +50,10 @@ impl Default for ClientConfig {
             retry: RetryConfig::default(),
             queue_capacity: 100_000,
             user_agent: concat!("pie-remote-write/", env!("CARGO_PKG_VERSION")).to_owned(),
+            buffer_dir: None,
+            buffer_max_bytes: 256 * 1024 * 1024,
+            buffer_segment_bytes: 8 * 1024 * 1024,
+            buffer_fsync: Fsync::default(),
         }
     }
 }
@@ -179,6 +199,14 @@ pub enum ConfigError {
     /// A batching, queue or retry setting is out of range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The disk buffer directory cannot be used.
+    #[error("remote-write buffer {path}: {reason}")]
+    Buffer {
+        /// The endpoint's buffer directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("HTTP client for {url}: {reason}")]
     HttpClient {
@@ -214,6 +242,15 @@ impl ClientConfig {
         if self.queue_capacity == 0 {
             return Err(ConfigError::OutOfRange(
                 "queue_capacity must be at least 1".into(),
+            ));
+        }
+        if self.buffer_dir.is_some()
+            && (self.buffer_segment_bytes < 4096
+                || self.buffer_max_bytes < 2 * self.buffer_segment_bytes)
+        {
+            return Err(ConfigError::OutOfRange(
+                "buffer_segment_bytes must be at least 4 KiB and buffer_max_bytes at least twice that"
+                    .into(),
             ));
         }
         let r = &self.retry;

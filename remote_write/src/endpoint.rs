@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::buffer::{Appended, Position, SharedBuffer};
 use crate::config::{BatchConfig, RetryConfig};
 use crate::encode::RequestEncoder;
 use crate::queue::{Batch, Queue};
@@ -20,9 +21,54 @@ const FORGET_STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// What happened to a batch.
 enum Fate {
+    /// Delivered (2xx) or dropped for good (other 4xx).
     Finished,
     /// The shutdown deadline passed while the batch was still undelivered.
     OutOfTime,
+    /// A batch from memory failed and a disk buffer exists: store it and retry from there.
+    Failing,
+    /// A record from disk was dropped by the buffer's size cap while it was being retried.
+    Abandoned,
+}
+
+/// Where the batch being delivered lives.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Taken from the in-memory queue; on failure, hand it to the disk buffer if `to_disk`.
+    Memory { to_disk: bool },
+    /// The oldest record of the disk buffer.
+    Disk(Position),
+}
+
+/// What [`Endpoint::run`] leaves behind at shutdown, in samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Leftover {
+    /// Neither delivered nor kept on disk.
+    pub(crate) lost: u64,
+    /// Kept on disk for the next run (earlier runs' records included).
+    pub(crate) buffered: u64,
+}
+
+/// The send loop's state.
+struct Loop {
+    encoder: RequestEncoder,
+    burst: Burst,
+    tick: Interval,
+    shutdown: watch::Receiver<Option<Instant>>,
+    backoff: ExponentialBackoff,
+    /// Set when a batch failed and was handed to the disk buffer: wait this long before the
+    /// next attempt.
+    wait_first: Option<Duration>,
+    /// Whether the last disk write failed (one warning per burst of write errors).
+    write_failing: bool,
+}
+
+/// What interrupted a backoff wait.
+enum Wake {
+    Slept,
+    Deadline,
+    Queue,
+    Tick,
 }
 
 /// Tracks failure bursts so that logs say once that an endpoint fails and once that it recovered.
@@ -68,6 +114,7 @@ pub(crate) struct Endpoint {
     pub(crate) transport: Transport,
     pub(crate) batch: BatchConfig,
     pub(crate) retry: RetryConfig,
+    pub(crate) buffer: Option<SharedBuffer>,
 }
 
 /// Resolves at the shutdown deadline; never resolves while no shutdown was requested.
@@ -85,24 +132,43 @@ async fn deadline(shutdown: &mut watch::Receiver<Option<Instant>>) {
 }
 
 impl Endpoint {
-    /// Runs until shutdown; returns the number of samples it could not deliver.
-    pub(crate) async fn run(self, mut shutdown: watch::Receiver<Option<Instant>>) -> u64 {
-        let mut encoder = RequestEncoder::new();
-        let mut burst = Burst::default();
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .without_max_times()
+            .build()
+    }
+
+    /// Runs until shutdown; returns what it could not deliver.
+    pub(crate) async fn run(self, shutdown: watch::Receiver<Option<Instant>>) -> Leftover {
         let mut tick = tokio::time::interval(self.batch.flush_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut lp = Loop {
+            encoder: RequestEncoder::new(),
+            burst: Burst::default(),
+            tick,
+            shutdown,
+            backoff: self.backoff(),
+            wait_first: None,
+            write_failing: false,
+        };
         let mut last_forget = Instant::now();
         loop {
-            let drain_all = if shutdown.borrow().is_some() {
+            let drain_all = if lp.shutdown.borrow().is_some() {
                 true
             } else {
                 tokio::select! {
-                    _ = tick.tick() => true,
+                    _ = lp.tick.tick() => true,
                     _ = self.queue.wake.notified() => self.batch.immediate || self.queue.take_flush_request(),
-                    _ = shutdown.changed() => true,
+                    _ = lp.shutdown.changed() => true,
                 }
             };
-            let shutting_down = shutdown.borrow().is_some();
+            let shutting_down = lp.shutdown.borrow().is_some();
+            // What is on disk is older than anything in memory: it goes first.
+            if let Fate::OutOfTime = self.replay(&mut lp).await {
+                return self.finish(&mut lp, None).await;
+            }
             while drain_all || self.queue.has_full_batch() {
                 let Some(batch) = self
                     .queue
@@ -110,16 +176,37 @@ impl Endpoint {
                 else {
                     break;
                 };
-                let fate = self
-                    .deliver(&mut encoder, &batch, &mut burst, &mut shutdown)
-                    .await;
-                self.queue.complete_batch();
-                if let Fate::OutOfTime = fate {
-                    return batch.entries.len() as u64 + self.queue.drain();
+                let request = lp.encoder.encode(&batch.entries);
+                let raw_len = request.raw_len as u64;
+                let body = Bytes::copy_from_slice(request.body);
+                let samples = batch.entries.len() as u64;
+                let source = Source::Memory {
+                    to_disk: self.buffer.is_some(),
+                };
+                let mut fate = self.deliver(&mut lp, &body, samples, raw_len, source).await;
+                let mut stored = false;
+                if let Fate::Failing = fate {
+                    stored = self.store(&mut lp, body.clone(), &batch).await;
+                    if stored {
+                        fate = self.replay(&mut lp).await;
+                    } else {
+                        let source = Source::Memory { to_disk: false };
+                        fate = self.deliver(&mut lp, &body, samples, raw_len, source).await;
+                    }
+                }
+                match fate {
+                    Fate::OutOfTime => {
+                        let inflight = (!stored).then_some((body, batch));
+                        return self.finish(&mut lp, inflight).await;
+                    }
+                    Fate::Finished | Fate::Abandoned | Fate::Failing => {
+                        // After `store`, the batch is no longer in flight: this is a no-op.
+                        self.queue.complete_batch();
+                    }
                 }
             }
             if shutting_down {
-                return self.queue.drain();
+                return self.finish(&mut lp, None).await;
             }
             if last_forget.elapsed() >= FORGET_STALE_AFTER {
                 last_forget = Instant::now();
@@ -129,36 +216,166 @@ impl Endpoint {
         }
     }
 
-    /// Sends `batch` until it is delivered, dropped, or the shutdown deadline passes.
+    /// Writes the batch in flight (encoded as `body`) to the disk buffer. Returns whether it
+    /// left memory (stored, or dropped as larger than the whole buffer); on a write error it
+    /// stays in flight.
+    async fn store(&self, lp: &mut Loop, body: Bytes, batch: &Batch) -> bool {
+        let Some(buffer) = &self.buffer else {
+            return false;
+        };
+        let samples = batch.entries.len() as u32;
+        match buffer.append(body, samples, Some(batch.end_seq)).await {
+            Ok(Appended::Stored) => {
+                lp.write_failing = false;
+                self.queue.inflight_to_disk();
+                true
+            }
+            Ok(Appended::TooLarge) => {
+                self.queue.complete_batch();
+                true
+            }
+            Err(error) => {
+                self.stats.buffer.write_errors.inc(1);
+                if !lp.write_failing {
+                    tracing::warn!(
+                        endpoint = self.transport.url(),
+                        "remote-write buffer: cannot write a batch to disk, keeping it in memory: {error}"
+                    );
+                }
+                lp.write_failing = true;
+                false
+            }
+        }
+    }
+
+    /// Moves queued samples to the disk buffer: full batches, or everything when `all`.
+    async fn spill(&self, lp: &mut Loop, all: bool) {
+        if self.buffer.is_none() {
+            return;
+        }
+        while all || self.queue.has_full_batch() {
+            let Some(batch) = self
+                .queue
+                .take_batch(self.batch.max_samples, self.batch.max_bytes)
+            else {
+                return;
+            };
+            let body = Bytes::copy_from_slice(lp.encoder.encode(&batch.entries).body);
+            if !self.store(lp, body, &batch).await {
+                self.queue.untake(batch);
+                return;
+            }
+        }
+    }
+
+    /// Sends the disk buffer's records, oldest first, until it is empty or the shutdown
+    /// deadline passes.
+    async fn replay(&self, lp: &mut Loop) -> Fate {
+        let Some(buffer) = &self.buffer else {
+            return Fate::Finished;
+        };
+        while let Some(record) = buffer.peek().await {
+            let samples = u64::from(record.samples);
+            let raw_len = snap::raw::decompress_len(&record.body).unwrap_or(0) as u64;
+            let source = Source::Disk(record.pos);
+            match self
+                .deliver(lp, &record.body, samples, raw_len, source)
+                .await
+            {
+                Fate::Finished => {
+                    if let Err(error) = buffer.ack(record.pos).await {
+                        tracing::warn!(
+                            endpoint = self.transport.url(),
+                            "remote-write buffer: cannot record a delivery; after a restart the batch may be sent again: {error}"
+                        );
+                    }
+                }
+                Fate::OutOfTime => return Fate::OutOfTime,
+                Fate::Abandoned | Fate::Failing => {}
+            }
+        }
+        Fate::Finished
+    }
+
+    /// At shutdown: keeps what is undelivered on disk if there is a buffer (the batch that was
+    /// in flight first, then the queue), and reports the rest as lost.
+    async fn finish(&self, lp: &mut Loop, inflight: Option<(Bytes, Batch)>) -> Leftover {
+        let mut lost = 0;
+        if let Some((body, batch)) = inflight
+            && !self.store(lp, body, &batch).await
+        {
+            lost += batch.entries.len() as u64;
+            self.queue.complete_batch();
+        }
+        if lost == 0 {
+            self.spill(lp, true).await;
+        }
+        lost += self.queue.drain();
+        Leftover {
+            lost,
+            buffered: self.buffer.as_ref().map_or(0, SharedBuffer::samples),
+        }
+    }
+
+    /// Waits `delay` before a retry; with `spill` (a disk record is being retried, so no batch
+    /// from memory is in flight), moves the queue to disk meanwhile. `Some(OutOfTime)` when
+    /// the shutdown deadline passes.
+    async fn wait(&self, lp: &mut Loop, delay: Duration, spill: bool) -> Option<Fate> {
+        let spilling = spill && self.buffer.is_some();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            let wake = tokio::select! {
+                _ = &mut sleep => Wake::Slept,
+                _ = deadline(&mut lp.shutdown) => Wake::Deadline,
+                _ = self.queue.wake.notified(), if spilling => Wake::Queue,
+                _ = lp.tick.tick(), if spilling => Wake::Tick,
+            };
+            match wake {
+                Wake::Slept => return None,
+                Wake::Deadline => return Some(Fate::OutOfTime),
+                Wake::Queue => self.spill(lp, false).await,
+                Wake::Tick => self.spill(lp, true).await,
+            }
+        }
+    }
+
+    /// Sends one request body until it is delivered, dropped, handed to the disk buffer
+    /// (`Failing`), abandoned, or the shutdown deadline passes.
     async fn deliver(
         &self,
-        encoder: &mut RequestEncoder,
-        batch: &Batch,
-        burst: &mut Burst,
-        shutdown: &mut watch::Receiver<Option<Instant>>,
+        lp: &mut Loop,
+        body: &Bytes,
+        samples: u64,
+        raw_len: u64,
+        source: Source,
     ) -> Fate {
         let url = self.transport.url();
-        let samples = batch.entries.len() as u64;
-        let request = encoder.encode(&batch.entries);
-        let raw_len = request.raw_len as u64;
-        let body = Bytes::copy_from_slice(request.body);
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .without_max_times()
-            .build();
         loop {
+            if let Some(delay) = lp.wait_first.take() {
+                let spill = matches!(source, Source::Disk(_));
+                if let Some(fate) = self.wait(lp, delay, spill).await {
+                    return fate;
+                }
+                self.stats.retried(samples);
+            }
+            if let (Source::Disk(pos), Some(buffer)) = (source, &self.buffer)
+                && !buffer.contains(pos)
+            {
+                return Fate::Abandoned;
+            }
             let started = Instant::now();
             let outcome = tokio::select! {
                 outcome = self.transport.send(body.clone()) => outcome,
-                _ = deadline(shutdown) => return Fate::OutOfTime,
+                _ = deadline(&mut lp.shutdown) => return Fate::OutOfTime,
             };
             match outcome {
                 Outcome::Delivered { status } => {
                     self.stats.request(status, started.elapsed());
                     self.stats
                         .delivered(samples, body.len() as u64, raw_len, now_ms());
-                    burst.success(url);
+                    lp.burst.success(url);
+                    lp.backoff = self.backoff();
                     return Fate::Finished;
                 }
                 Outcome::Drop { status, body } => {
@@ -171,7 +388,8 @@ impl Endpoint {
                         "remote write rejected a batch; dropped it without retrying: {body}"
                     );
                     // The endpoint answered, so it is not down.
-                    burst.success(url);
+                    lp.burst.success(url);
+                    lp.backoff = self.backoff();
                     return Fate::Finished;
                 }
                 Outcome::Retry {
@@ -180,17 +398,16 @@ impl Endpoint {
                     error,
                 } => {
                     self.stats.request(status, started.elapsed());
-                    burst.failure(url, &error);
-                    let ceiling = backoff.next().unwrap_or(self.retry.max_delay);
+                    lp.burst.failure(url, &error);
+                    let ceiling = lp.backoff.next().unwrap_or(self.retry.max_delay);
                     let delay = match retry_after {
                         Some(after) => after.min(self.retry.max_retry_after),
                         None => full_jitter(ceiling),
                     };
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = deadline(shutdown) => return Fate::OutOfTime,
+                    lp.wait_first = Some(delay);
+                    if let Source::Memory { to_disk: true } = source {
+                        return Fate::Failing;
                     }
-                    self.stats.retried(samples);
                 }
             }
         }

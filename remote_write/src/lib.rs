@@ -8,6 +8,9 @@
 //!   jitter (honouring `Retry-After`), and drops other 4xx answers (counted and logged).
 //!   Per series, timestamps leave in strictly increasing order across requests and retries.
 //! - [`Client::stats`]: self-metrics per endpoint as plain data.
+//! - Optionally ([`ClientConfig::buffer_dir`]), a durable on-disk buffer per endpoint: what
+//!   cannot be delivered in time, and what is pending at shutdown, is kept in checksummed
+//!   segment files and replayed in order after a restart (see [`buffer`]).
 //!
 //! ```no_run
 //! use remote_write::{Client, ClientConfig, EndpointConfig, Sample, Series};
@@ -24,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod buffer;
 mod client;
 mod config;
 mod encode;
@@ -34,6 +38,7 @@ mod series;
 mod stats;
 mod transport;
 
+pub use buffer::Fsync;
 pub use client::{Client, ShutdownReport};
 pub use config::{
     Auth, BatchConfig, ClientConfig, ConfigError, EndpointConfig, RetryConfig,
@@ -48,5 +53,7 @@ pub use series::{
     STALE_NAN_BITS, Sample, Series, SeriesError, is_stale_nan, is_valid_label_name,
     is_valid_metric_name, stale_nan,
 };
-pub use stats::{DropReason, DurationHistogram, EndpointStatsSnapshot, SEND_DURATION_BUCKETS};
+pub use stats::{
+    BufferStats, DropReason, DurationHistogram, EndpointStatsSnapshot, SEND_DURATION_BUCKETS,
+};
 pub use transport::{VERSION, VERSION_HEADER, install_crypto_provider};

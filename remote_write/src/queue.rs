@@ -31,13 +31,17 @@ struct State {
     head_seq: u64,
     /// First sequence number and length of the batch being sent.
     inflight: Option<(u64, usize)>,
+    /// Sequence numbers `[first, end)` of samples moved to the disk buffer and not yet
+    /// delivered or dropped from there (the buffer keeps them in order).
+    disk: Option<(u64, u64)>,
     series: SeriesMap<SeriesState>,
 }
 
 impl State {
     /// Every sample with a lower sequence number is delivered or dropped.
     fn done_before(&self) -> u64 {
-        self.inflight.map_or(self.head_seq, |(first, _)| first)
+        let memory = self.inflight.map_or(self.head_seq, |(first, _)| first);
+        self.disk.map_or(memory, |(first, _)| first.min(memory))
     }
 
     fn next_seq(&self) -> u64 {
@@ -53,6 +57,8 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) entries: Vec<PreparedSample>,
+    /// The sequence number just after the batch.
+    pub(crate) end_seq: u64,
 }
 
 /// A bounded FIFO of samples for one endpoint.
@@ -209,7 +215,45 @@ impl Queue {
         let entries: Vec<_> = st.entries.drain(..n).collect();
         st.inflight = Some((st.head_seq, n));
         st.head_seq += n as u64;
-        Some(Batch { entries })
+        Some(Batch {
+            entries,
+            end_seq: st.head_seq,
+        })
+    }
+
+    /// Puts the batch in flight back at the front of the queue (it could not be sent or
+    /// stored); it is the next one taken.
+    pub(crate) fn untake(&self, batch: Batch) {
+        let mut st = self.lock();
+        st.inflight = None;
+        st.head_seq -= batch.entries.len() as u64;
+        for entry in batch.entries.into_iter().rev() {
+            st.entries.push_front(entry);
+        }
+        self.stats.set_pending(st.pending());
+    }
+
+    /// The batch in flight was written to the disk buffer: it no longer counts as pending in
+    /// memory, but is not done until [`Queue::disk_done`] says so.
+    pub(crate) fn inflight_to_disk(&self) {
+        let mut st = self.lock();
+        if let Some((first, n)) = st.inflight.take() {
+            let end = first + n as u64;
+            st.disk = Some((st.disk.map_or(first, |(lo, _)| lo), end));
+        }
+        self.stats.set_pending(st.pending());
+        self.publish_done(&st);
+    }
+
+    /// Every sample moved to disk with a sequence number below `end` was delivered or dropped.
+    pub(crate) fn disk_done(&self, end: u64) {
+        let mut st = self.lock();
+        st.disk = match st.disk {
+            Some((_, hi)) if end >= hi => None,
+            Some((lo, hi)) => Some((lo.max(end), hi)),
+            None => None,
+        };
+        self.publish_done(&st);
     }
 
     /// The batch in flight was delivered or dropped.
@@ -227,6 +271,7 @@ impl Queue {
         st.head_seq = st.next_seq();
         st.entries.clear();
         st.inflight = None;
+        st.disk = None;
         self.stats.set_pending(0);
         self.publish_done(&st);
         n

@@ -48,6 +48,85 @@ impl DropReason {
     }
 }
 
+/// A counter or gauge of the buffer, shared with [`crate::buffer`].
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Live self-metrics of an endpoint's disk buffer (see [`BufferStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct BufferCounters {
+    pub(crate) bytes: Counter,
+    pub(crate) records: Counter,
+    pub(crate) samples: Counter,
+    pub(crate) records_written: Counter,
+    pub(crate) records_replayed: Counter,
+    pub(crate) records_dropped: Counter,
+    pub(crate) samples_dropped: Counter,
+    pub(crate) records_corrupted: Counter,
+    pub(crate) files_ignored: Counter,
+    pub(crate) write_errors: Counter,
+}
+
+impl BufferCounters {
+    fn snapshot(&self) -> BufferStats {
+        BufferStats {
+            bytes: self.bytes.get(),
+            records: self.records.get(),
+            samples: self.samples.get(),
+            records_written: self.records_written.get(),
+            records_replayed: self.records_replayed.get(),
+            records_dropped: self.records_dropped.get(),
+            samples_dropped: self.samples_dropped.get(),
+            records_corrupted: self.records_corrupted.get(),
+            files_ignored: self.files_ignored.get(),
+            write_errors: self.write_errors.get(),
+        }
+    }
+}
+
+/// Self-metrics of an endpoint's on-disk buffer (all zero when it has none). A record is one
+/// request body (one batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Bytes of the buffer's segment files (gauge; at most `buffer_max_bytes`).
+    pub bytes: u64,
+    /// Records waiting on disk (gauge).
+    pub records: u64,
+    /// Samples in the records waiting on disk (gauge).
+    pub samples: u64,
+    /// Records written to disk.
+    pub records_written: u64,
+    /// Records read back from disk and acknowledged by the endpoint (2xx, or a permanent 4xx
+    /// counted as `http_4xx`).
+    pub records_replayed: u64,
+    /// Records deleted unsent because the buffer reached its size cap (oldest first).
+    pub records_dropped: u64,
+    /// Samples in those dropped records.
+    pub samples_dropped: u64,
+    /// Damaged spans skipped: records cut short by a crash, records failing their checksum,
+    /// garbage between records. Their samples are lost.
+    pub records_corrupted: u64,
+    /// Files in the buffer directory that are not the buffer's (left alone) or are empty
+    /// segments (deleted).
+    pub files_ignored: u64,
+    /// Batches that could not be written to disk (they stay in memory and are retried there).
+    pub write_errors: u64,
+}
+
 /// Live counters of one endpoint (updated by the client, read through [`EndpointStats::snapshot`]).
 #[derive(Debug)]
 pub(crate) struct EndpointStats {
@@ -61,6 +140,7 @@ pub(crate) struct EndpointStats {
     last_success_ms: AtomicI64,
     requests: Mutex<BTreeMap<u16, u64>>,
     durations: Mutex<Histogram>,
+    pub(crate) buffer: BufferCounters,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -83,6 +163,7 @@ impl EndpointStats {
             last_success_ms: AtomicI64::new(0),
             requests: Mutex::new(BTreeMap::new()),
             durations: Mutex::new(Histogram::default()),
+            buffer: BufferCounters::default(),
         }
     }
 
@@ -161,6 +242,7 @@ impl EndpointStats {
                 count: h.count,
                 sum_seconds: h.sum,
             },
+            buffer: self.buffer.snapshot(),
         }
     }
 }
@@ -182,12 +264,14 @@ pub struct EndpointStatsSnapshot {
     pub bytes_sent_compressed: u64,
     /// Protobuf bytes of successful requests before compression.
     pub bytes_sent_raw: u64,
-    /// Samples queued or in flight.
+    /// Samples queued or in flight in memory (those on disk are in [`BufferStats::samples`]).
     pub pending_samples: u64,
     /// When a request last succeeded (Unix seconds), if ever.
     pub last_success_timestamp_seconds: Option<f64>,
     /// Durations of requests (each attempt), successful or not.
     pub send_duration: DurationHistogram,
+    /// The on-disk buffer (all zero without `buffer_dir`).
+    pub buffer: BufferStats,
 }
 
 impl EndpointStatsSnapshot {
