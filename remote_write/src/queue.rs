@@ -439,6 +439,25 @@ mod tests {
         assert!(q.push(&s("a"), Sample::new(1.0, 1)));
     }
 
+    #[test]
+    fn an_untaken_batch_is_the_next_one_taken() {
+        let (q, stats) = queue(100);
+        for i in 0..5 {
+            q.push(&s("a"), Sample::new(0.0, i));
+        }
+        let b = q.take_batch(3, usize::MAX).unwrap();
+        assert_eq!(b.end_seq, 3);
+        q.untake(b);
+        assert_eq!(stats.snapshot().pending_samples, 5);
+        let b = q.take_batch(3, usize::MAX).unwrap();
+        assert_eq!(b.end_seq, 3, "same sequence numbers again");
+        let ts: Vec<i64> = b.entries.iter().map(|e| e.sample.timestamp_ms).collect();
+        assert_eq!(ts, vec![0, 1, 2]);
+        q.complete_batch();
+        let ts: Vec<i64> = take_all(&q).iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(ts, vec![3, 4]);
+    }
+
     #[tokio::test]
     async fn wait_done_follows_completion_and_drops() {
         let (q, _) = queue(2);

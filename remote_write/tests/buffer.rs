@@ -299,3 +299,64 @@ async fn a_directory_in_use_is_a_config_error() {
     ));
     Client::new(buffered_config(&url, dir.path())).expect("free once the first shut down");
 }
+
+#[tokio::test]
+async fn a_buffer_that_cannot_be_written_keeps_batches_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let client = Client::new(buffered_config(&url, dir.path())).unwrap();
+    // The directory disappears under the client: creating a segment fails.
+    std::fs::remove_dir_all(endpoint_dir(dir.path())).unwrap();
+    for i in 0..30 {
+        client.push(&series("a"), Sample::new(i as f64, 1000 + i));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = client.stats()[0].clone();
+    assert!(stats.buffer.write_errors >= 1, "{stats:?}");
+    assert_eq!(stats.buffer.records_written, 0);
+    assert_eq!(stats.pending_samples, 30, "still in memory");
+
+    let rx = Receiver::start_on(port_of(&url)).await;
+    tokio::time::timeout(WAIT, client.flush()).await.unwrap();
+    assert_eq!(
+        timestamps(&rx.accepted_samples(), "a"),
+        (1000..1030).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn replayed_records_are_retried_on_5xx_and_dropped_on_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let a = Client::new(buffered_config(&url, dir.path())).unwrap();
+    for i in 0..30 {
+        a.push(&series("a"), Sample::new(i as f64, 1000 + i));
+    }
+    assert_eq!(
+        a.shutdown(Duration::from_millis(100))
+            .await
+            .buffered_samples(),
+        30
+    );
+    drop(a);
+
+    let rx = Receiver::start_on(port_of(&url)).await;
+    rx.script([
+        support::Answer::status(503),
+        support::Answer::status(400).with_body("bad"),
+    ]);
+    let b = Client::new(buffered_config(&url, dir.path())).unwrap();
+    let got = wait_accepted(&rx, 20).await;
+    assert_eq!(
+        timestamps(&got, "a"),
+        (1010..1030).collect::<Vec<_>>(),
+        "the first record was rejected for good"
+    );
+    let statuses: Vec<u16> = rx.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 400, 204, 204], "nothing resent");
+    let stats = &b.stats()[0];
+    assert_eq!(stats.dropped(DropReason::Http4xx), 10);
+    assert_eq!(stats.samples_retried, 10);
+    assert_eq!(stats.buffer.records_replayed, 3);
+    assert_eq!(stats.buffer.records, 0);
+}

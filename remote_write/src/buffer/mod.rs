@@ -320,14 +320,21 @@ impl Buffer {
         for id in ids {
             let path = self.segment_path(id);
             if ack.is_some_and(|a| id < a.segment) {
-                fs::remove_file(&path)?;
+                self.remove_file(&path);
                 continue;
             }
-            let bytes = fs::read(&path)?;
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "remote-write buffer: ignoring an unreadable segment: {e}");
+                    self.stats.buffer.files_ignored.inc(1);
+                    continue;
+                }
+            };
             if bytes.is_empty() {
                 tracing::warn!(file = %path.display(), "remote-write buffer: removing an empty segment");
                 self.stats.buffer.files_ignored.inc(1);
-                fs::remove_file(&path)?;
+                self.remove_file(&path);
                 continue;
             }
             let acked_before = ack.filter(|a| a.segment == id).map_or(0, |a| a.offset);
@@ -355,7 +362,7 @@ impl Buffer {
                 self.stats.buffer.records_corrupted.inc(corrupted);
             }
             if records.is_empty() {
-                fs::remove_file(&path)?;
+                self.remove_file(&path);
                 continue;
             }
             self.records += records.len() as u64;
@@ -420,11 +427,7 @@ impl Buffer {
             self.forget(r);
         }
         self.bytes -= seg.len;
-        if let Err(e) = fs::remove_file(self.segment_path(seg.id))
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.dir().display(), "remote-write buffer: cannot delete a segment: {e}");
-        }
+        self.remove_file(&self.segment_path(seg.id));
     }
 
     /// Appends one request body of `samples` samples; `seq_end` is the queue sequence number
@@ -595,11 +598,17 @@ impl Buffer {
                 self.writer = None;
             }
             self.bytes -= seg.len;
-            if let Err(e) = fs::remove_file(self.segment_path(seg.id))
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %self.dir().display(), "remote-write buffer: cannot delete a segment: {e}");
-            }
+            self.remove_file(&self.segment_path(seg.id));
+        }
+    }
+
+    /// Deletes a segment file; a failure is logged (the file is replayed or removed again
+    /// at the next start).
+    fn remove_file(&self, path: &Path) {
+        if let Err(e) = fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), "remote-write buffer: cannot delete a segment: {e}");
         }
     }
 
