@@ -24,6 +24,8 @@ enum Command {
     Plan(PlanArgs),
     /// Print the PieProbe CustomResourceDefinition as YAML.
     Crd,
+    /// Receive probe results and push them, without Kubernetes.
+    Receive(pie_controller::receive::ReceiveArgs),
 }
 
 /// Probe object settings shared by `plan` and `run`.
@@ -122,17 +124,26 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(blocked.is_empty(), "not planned: {}", blocked.join("; "));
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run_controller(args))?,
+        Command::Receive(args) => {
+            init_logs();
+            tokio::runtime::Runtime::new()?
+                .block_on(pie_controller::receive::run(args, run::shutdown_signal()))?;
+        }
     }
     Ok(())
 }
 
-async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
+fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
+}
+
+async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
+    init_logs();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;

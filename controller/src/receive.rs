@@ -1,0 +1,227 @@
+//! `pie-controller receive`: the results receiver, the metric store and the push, without
+//! Kubernetes (probes outside a cluster, the demo, tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, NoAuth, SharedToken, TokenFileError};
+use crate::exposition;
+use crate::health::parse_addr;
+use crate::push::{PushArgs, Pusher, now_ms};
+use crate::receiver::{self, AnyTarget, Receiver};
+use crate::store::{self, Op, Store, Update};
+
+/// Where the receiver and `/metrics` listen; shared by `run` and `receive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenArgs {
+    /// Address of the results receiver (`:PORT` for all interfaces).
+    #[arg(long, env = "PIE_LISTEN", default_value = ":8082")]
+    pub listen: String,
+    /// Address of `/metrics` in the Prometheus text format (off unless given).
+    #[arg(long, env = "PIE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+/// Flags of `pie-controller receive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// File with the token probes must send as `Authorization: Bearer <token>`.
+    #[arg(long, env = "PIE_AUTH_TOKEN_FILE", conflicts_with = "insecure_no_auth")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Accept results without a token on a non-loopback address.
+    #[arg(long, env = "PIE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub push: PushArgs,
+}
+
+/// Why `receive` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// An address does not parse.
+    #[error("{flag} {addr:?}: {source}")]
+    Addr {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        addr: String,
+        /// The parse error.
+        source: std::net::AddrParseError,
+    },
+    /// Listening without authentication on a non-loopback address was not allowed.
+    #[error(
+        "refusing to accept unauthenticated results on {0}: give --auth-token-file, listen on a loopback address, or pass --insecure-no-auth"
+    )]
+    Unauthenticated(SocketAddr),
+    /// The token file cannot be used.
+    #[error("--auth-token-file: {0}")]
+    TokenFile(#[from] TokenFileError),
+    /// The remote-write settings are invalid.
+    #[error("remote write: {0}")]
+    RemoteWrite(#[from] remote_write::ConfigError),
+    /// A listener cannot be bound or failed.
+    #[error("{what} {addr}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn addr(flag: &'static str, value: &str) -> Result<SocketAddr, ReceiveError> {
+    parse_addr(value).map_err(|source| ReceiveError::Addr {
+        flag,
+        addr: value.to_owned(),
+        source,
+    })
+}
+
+/// The authenticator `receive` uses for `args`.
+pub fn authenticator(
+    args: &ReceiveArgs,
+    listen: SocketAddr,
+) -> Result<Arc<dyn Authenticator>, ReceiveError> {
+    if let Some(path) = &args.auth_token_file {
+        return Ok(Arc::new(SharedToken::from_file(path)?));
+    }
+    if !listen.ip().is_loopback() && !args.insecure_no_auth {
+        return Err(ReceiveError::Unauthenticated(listen));
+    }
+    if args.insecure_no_auth {
+        warn!("--insecure-no-auth: anyone who reaches {listen} can post results");
+    }
+    Ok(Arc::new(NoAuth))
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, ReceiveError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ReceiveError::Io { what, addr, source })
+}
+
+/// Starts `/metrics` on `addr` when given.
+pub async fn serve_metrics(
+    metrics_addr: Option<&str>,
+    pusher: &Pusher,
+) -> Result<(), ReceiveError> {
+    let Some(value) = metrics_addr else {
+        return Ok(());
+    };
+    let addr = addr("--metrics-addr", value)?;
+    let listener = bind("binding /metrics on", addr).await?;
+    info!(%addr, "serving /metrics");
+    let refresh_pusher = pusher.clone();
+    let refresh: exposition::Refresh = Arc::new(move || refresh_pusher.refresh_self_metrics());
+    let store = pusher.store().clone();
+    tokio::spawn(async move {
+        if let Err(e) = exposition::serve(listener, store, refresh).await {
+            warn!(error = %e, "/metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Runs `receive` until `shutdown` resolves, then delivers what is queued (at most 10 s).
+pub async fn run(
+    args: ReceiveArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiveError> {
+    let listen = addr("--listen", &args.listen.listen)?;
+    let auth = authenticator(&args, listen)?;
+    let pusher = Pusher::new(&args.push, Arc::new(Store::new()))?;
+    pusher.record([Update::new(
+        &store::LEADER,
+        Vec::<String>::new(),
+        Op::Set(1.0),
+        now_ms(),
+    )]);
+    serve_metrics(args.listen.metrics_addr.as_deref(), &pusher).await?;
+    let listener = bind("binding the receiver on", listen).await?;
+    info!(addr = %listen, "receiving results");
+    let periodic = tokio::spawn(pusher.clone().run_periodic(args.push.push_interval));
+    let receiver = Receiver {
+        pusher: pusher.clone(),
+        auth,
+        targets: Arc::new(AnyTarget),
+    };
+    let served = receiver::serve(listener, receiver, shutdown).await;
+    periodic.abort();
+    pusher.shutdown(Duration::from_secs(10)).await;
+    served.map_err(|source| ReceiveError::Io {
+        what: "serving results on",
+        addr: listen,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        receive: ReceiveArgs,
+    }
+
+    fn parse(args: &[&str]) -> ReceiveArgs {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().receive
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]);
+        assert_eq!(args.listen.listen, ":8082");
+        assert_eq!(args.listen.metrics_addr, None);
+        assert!(!args.insecure_no_auth);
+        assert!(
+            Cli::try_parse_from(["x", "--insecure-no-auth", "--auth-token-file", "/t"]).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn no_token_only_on_loopback_or_when_insecure() {
+        let args = parse(&[]);
+        let any: SocketAddr = "0.0.0.0:8082".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8082".parse().unwrap();
+        assert!(matches!(
+            authenticator(&args, any),
+            Err(ReceiveError::Unauthenticated(_))
+        ));
+        assert!(authenticator(&args, lo).is_ok());
+        assert!(authenticator(&parse(&["--insecure-no-auth"]), any).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "abc").unwrap();
+        let with_token = parse(&["--auth-token-file", token.to_str().unwrap()]);
+        let auth = authenticator(&with_token, any).unwrap();
+        assert!(auth.authenticate(Some("abc")).await.is_ok());
+        assert!(auth.authenticate(Some("abd")).await.is_err());
+        let missing = parse(&["--auth-token-file", "/nonexistent/token"]);
+        assert!(matches!(
+            authenticator(&missing, any),
+            Err(ReceiveError::TokenFile(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn run_refuses_a_public_address_without_a_token() {
+        let err = run(parse(&["--listen", ":0"]), async {}).await.unwrap_err();
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+    }
+}

@@ -1,0 +1,475 @@
+use std::collections::HashMap;
+
+use axum::http::{Method, Request};
+use futures::future::BoxFuture;
+use tower::ServiceExt;
+
+use super::*;
+use crate::auth::{Identity, SharedToken};
+use crate::store::{Store, Value};
+
+/// Tokens mapped to identities; `"down"` means the TokenReview API is unreachable.
+#[derive(Debug)]
+struct Tokens(HashMap<&'static str, Identity>);
+
+impl Authenticator for Tokens {
+    fn authenticate<'a>(
+        &'a self,
+        token: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        Box::pin(async move {
+            match token {
+                None => Err(AuthError::Missing),
+                Some("down") => Err(AuthError::Unavailable("API server unreachable".into())),
+                Some("other-pod") => Err(AuthError::Forbidden("not a probe Pod".into())),
+                Some(t) => self
+                    .0
+                    .get(t)
+                    .cloned()
+                    .ok_or_else(|| AuthError::Invalid("unknown".into())),
+            }
+        })
+    }
+}
+
+fn triple(node: &str) -> Triple {
+    Triple {
+        pie_probe_name: "test-pie-probe".into(),
+        node: node.into(),
+        storage_class: "topolvm-provisioner".into(),
+    }
+}
+
+fn receiver(auth: Arc<dyn Authenticator>) -> (Router, Arc<Store>) {
+    let store = Arc::new(Store::new());
+    let targets = FixedTargets([triple("node-a"), triple("node-b")].into());
+    let router = router(Receiver {
+        pusher: Pusher::with_client(store.clone(), None),
+        auth,
+        targets: Arc::new(targets),
+    });
+    (router, store)
+}
+
+fn node_tokens() -> Arc<dyn Authenticator> {
+    Arc::new(Tokens(
+        [
+            ("token-a", Identity::Probe(triple("node-a"))),
+            ("token-b", Identity::Probe(triple("node-b"))),
+            ("shared", Identity::Anyone),
+        ]
+        .into(),
+    ))
+}
+
+const VALID: &str = r#"{"pie_probe_name":"test-pie-probe","node":"node-a","storage_class":"topolvm-provisioner","write_latency":0.002,"read_latency":0.001,"performance_probe_succeed":true,"read_iops":1000,"write_iops":900,"read_bytes_per_second":4096000,"write_bytes_per_second":3686400,"read_latency_p99":0.004,"write_latency_p99":0.005}"#;
+
+fn valid_with(field: &str, raw: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(VALID).unwrap();
+    v[field] = serde_json::from_str(raw).unwrap();
+    v.to_string()
+}
+
+fn valid_without(field: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(VALID).unwrap();
+    v.as_object_mut().unwrap().remove(field);
+    v.to_string()
+}
+
+struct Req {
+    method: Method,
+    path: &'static str,
+    token: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+fn post(body: impl Into<Vec<u8>>) -> Req {
+    Req {
+        method: Method::POST,
+        path: "/api/v1/results",
+        token: Some("token-a"),
+        content_type: Some("application/json"),
+        body: body.into(),
+    }
+}
+
+async fn send(router: &Router, req: Req) -> (StatusCode, serde_json::Value) {
+    let mut builder = Request::builder().method(req.method).uri(req.path);
+    if let Some(t) = req.token {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(ct) = req.content_type {
+        builder = builder.header(CONTENT_TYPE, ct);
+    }
+    let response = router
+        .clone()
+        .oneshot(builder.body(Body::from(req.body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {bytes:?}"));
+    (status, json)
+}
+
+/// The store without the receiver's own request counter.
+fn probe_series(store: &Store) -> Vec<(&'static str, Vec<(Vec<String>, Value)>)> {
+    store
+        .families()
+        .into_iter()
+        .filter(|f| !std::ptr::eq(f.family, &store::RECEIVER_REQUESTS_TOTAL))
+        .map(|f| (f.family.name, f.series))
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_inputs_are_rejected_with_their_status_and_change_nothing() {
+    let (router, store) = receiver(node_tokens());
+    let big = valid_with("error", &format!("\"{}\"", "x".repeat(MAX_BODY_BYTES)));
+    let cases: Vec<(&str, Req, StatusCode)> = vec![
+        (
+            "malformed JSON",
+            post("{\"pie_probe_name\":"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("not an object", post("[1,2,3]"), StatusCode::BAD_REQUEST),
+        (
+            "trailing garbage",
+            post(format!("{VALID}}}")),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("empty body", post(""), StatusCode::BAD_REQUEST),
+        ("whitespace body", post("  \n"), StatusCode::BAD_REQUEST),
+        (
+            "latency as string",
+            post(valid_with("write_latency", "\"0.1\"")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "NaN as string",
+            post(valid_with("read_latency", "\"NaN\"")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "Inf as string",
+            post(valid_with("read_latency", "\"Infinity\"")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bare NaN",
+            post(VALID.replace("0.002", "NaN")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "overflowing number",
+            post(VALID.replace("0.002", "1e999")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative latency",
+            post(valid_with("write_latency", "-0.5")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative iops",
+            post(valid_with("read_iops", "-1")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "succeed as string",
+            post(valid_with("performance_probe_succeed", "\"true\"")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "node as number",
+            post(valid_with("node", "7")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing node",
+            post(valid_without("node")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing read_latency",
+            post(valid_without("read_latency")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing succeed",
+            post(valid_without("performance_probe_succeed")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "name with a quote",
+            post(valid_with("pie_probe_name", r#""te\"st""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "name with a newline",
+            post(valid_with("node", r#""node-a\nx""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "name with a brace",
+            post(valid_with("storage_class", r#""sc}""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "non-ASCII name",
+            post(valid_with("node", r#""nöde""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty name",
+            post(valid_with("node", r#""""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "upper-case name",
+            post(valid_with("node", r#""Node-A""#)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "name too long",
+            post(valid_with("node", &format!("\"{}\"", "a".repeat(254)))),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "invalid UTF-8",
+            post(b"{\"node\":\"\xff\"}".to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "body over the limit",
+            post(big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "text/plain",
+            Req {
+                content_type: Some("text/plain"),
+                ..post(VALID)
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "no content type",
+            Req {
+                content_type: None,
+                ..post(VALID)
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "form content type",
+            Req {
+                content_type: Some("application/x-www-form-urlencoded"),
+                ..post(VALID)
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "unknown probe",
+            post(valid_with("pie_probe_name", "\"other-probe\"")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown node",
+            post(valid_with("node", "\"node-z\"")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown storage class",
+            post(valid_with("storage_class", "\"other\"")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "missing token",
+            Req {
+                token: None,
+                ..post(VALID)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "invalid token",
+            Req {
+                token: Some("forged"),
+                ..post(VALID)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "token of another node",
+            Req {
+                token: Some("token-b"),
+                ..post(VALID)
+            },
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "token of a non-probe Pod",
+            Req {
+                token: Some("other-pod"),
+                ..post(VALID)
+            },
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "TokenReview unavailable",
+            Req {
+                token: Some("down"),
+                ..post(VALID)
+            },
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET instead of POST",
+            Req {
+                method: Method::GET,
+                ..post("")
+            },
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT instead of POST",
+            Req {
+                method: Method::PUT,
+                ..post(VALID)
+            },
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "unknown path",
+            Req {
+                path: "/api/v2/results",
+                ..post(VALID)
+            },
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    let before = probe_series(&store);
+    let mut expected_codes: HashMap<String, f64> = HashMap::new();
+    for (name, req, want) in cases {
+        let (status, body) = send(&router, req).await;
+        assert_eq!(status, want, "{name}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{name}: no error message in {body}");
+        *expected_codes.entry(want.as_str().to_owned()).or_default() += 1.0;
+    }
+    assert_eq!(probe_series(&store), before, "bad input changed the store");
+    for (code, n) in &expected_codes {
+        assert_eq!(
+            store.get(&store::RECEIVER_REQUESTS_TOTAL, &[code]),
+            Some(Value::Scalar(*n)),
+            "requests with code {code}"
+        );
+    }
+
+    // A valid result afterwards is accepted, on both paths.
+    let (status, body) = send(&router, post(VALID)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = send(
+        &router,
+        Req {
+            path: "/",
+            token: Some("shared"),
+            ..post(VALID)
+        },
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let labels = ["test-pie-probe", "node-a", "topolvm-provisioner"];
+    assert_eq!(
+        store.get(
+            &store::PERFORMANCE_TOTAL,
+            &[labels[0], labels[1], labels[2], "true"]
+        ),
+        Some(Value::Scalar(2.0))
+    );
+    assert_eq!(
+        store.get(
+            &store::PERFORMANCE_TOTAL,
+            &[labels[0], labels[1], labels[2], "false"]
+        ),
+        Some(Value::Scalar(0.0))
+    );
+    assert_eq!(
+        store.get(&store::WRITE_LATENCY, &labels),
+        Some(Value::Scalar(0.002))
+    );
+    assert_eq!(
+        store.get(&store::READ_IOPS, &labels),
+        Some(Value::Scalar(1000.0))
+    );
+    assert_eq!(
+        store.get(&store::WRITE_LATENCY_P99, &labels),
+        Some(Value::Scalar(0.005))
+    );
+    assert_eq!(
+        store.get(&store::RECEIVER_REQUESTS_TOTAL, &["200"]),
+        Some(Value::Scalar(2.0))
+    );
+}
+
+#[tokio::test]
+async fn pies_own_result_and_failures() {
+    let (router, store) = receiver(Arc::new(SharedToken::new("s").unwrap()));
+    let pie = r#"{"pie_probe_name":"test-pie-probe","node":"node-b","storage_class":"topolvm-provisioner","write_latency":0.1,"read_latency":0.2,"performance_probe_succeed":false}"#;
+    let (status, body) = send(
+        &router,
+        Req {
+            path: "/",
+            token: Some("s"),
+            content_type: Some("application/json; charset=utf-8"),
+            ..post(pie)
+        },
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let l = ["test-pie-probe", "node-b", "topolvm-provisioner"];
+    assert_eq!(
+        store.get(&store::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "false"]),
+        Some(Value::Scalar(1.0))
+    );
+    assert_eq!(
+        store.get(&store::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "true"]),
+        Some(Value::Scalar(0.0))
+    );
+    assert_eq!(
+        store.get(&store::WRITE_LATENCY, &l),
+        None,
+        "a failed probe sets no latency"
+    );
+    assert_eq!(store.get(&store::LAST_SUCCESS, &l), None);
+}
+
+#[test]
+fn updates_of_a_successful_result() {
+    let r: ProbeResult = serde_json::from_str(VALID).unwrap();
+    let updates = result_updates(&r, 5_000);
+    let names: Vec<&str> = updates.iter().map(|u| u.family.name).collect();
+    assert_eq!(
+        names,
+        [
+            "pie_performance_on_mount_probe_total",
+            "pie_performance_on_mount_probe_total",
+            "pie_io_write_latency_on_mount_probe_seconds",
+            "pie_io_read_latency_on_mount_probe_seconds",
+            "pie_io_read_iops_on_mount_probe",
+            "pie_io_write_iops_on_mount_probe",
+            "pie_io_read_bytes_per_second_on_mount_probe",
+            "pie_io_write_bytes_per_second_on_mount_probe",
+            "pie_io_read_latency_p99_on_mount_probe_seconds",
+            "pie_io_write_latency_p99_on_mount_probe_seconds",
+            "pie_mount_probe_last_success_timestamp_seconds",
+        ]
+    );
+    assert_eq!(updates.last().unwrap().op, Op::Set(5.0));
+}
