@@ -293,6 +293,12 @@ impl Endpoint {
                 Fate::OutOfTime => return Fate::OutOfTime,
                 Fate::Abandoned | Fate::Failing => {}
             }
+            // What piles up in memory meanwhile is newer than every record: once the queue
+            // is half full, move it to disk behind them rather than let it overflow during a
+            // long replay.
+            if self.queue.is_half_full() {
+                self.spill(lp, false).await;
+            }
         }
         Fate::Finished
     }

@@ -189,6 +189,11 @@ impl Queue {
         self.lock().entries.len()
     }
 
+    /// Whether at least half the capacity is queued.
+    pub(crate) fn is_half_full(&self) -> bool {
+        self.len() >= self.capacity.div_ceil(2)
+    }
+
     /// Whether a full batch is queued.
     pub(crate) fn has_full_batch(&self) -> bool {
         self.len() >= self.wake_at

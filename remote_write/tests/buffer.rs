@@ -75,6 +75,15 @@ async fn wait_accepted(rx: &Receiver, n: usize) -> Vec<(String, f64, i64)> {
     rx.accepted_samples()
 }
 
+/// Polls `done` until it holds (panics after 10 s).
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn timestamps(got: &[(String, f64, i64)], name: &str) -> Vec<i64> {
     got.iter()
         .filter(|(n, _, _)| n == name)
@@ -159,9 +168,11 @@ async fn flush_waits_for_batches_moved_to_disk_during_an_outage() {
         let client = client.clone();
         async move { client.flush().await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("everything is moved to disk while failing", || {
+        client.stats()[0].buffer.samples == 50
+    })
+    .await;
     let stats = client.stats()[0].clone();
-    assert_eq!(stats.buffer.samples, 50, "moved to disk while failing");
     assert_eq!(stats.pending_samples, 0, "memory is empty");
     assert!(!flush.is_finished(), "on disk is not delivered");
 
@@ -310,9 +321,11 @@ async fn a_buffer_that_cannot_be_written_keeps_batches_in_memory() {
     for i in 0..30 {
         client.push(&series("a"), Sample::new(i as f64, 1000 + i));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("a write fails", || {
+        client.stats()[0].buffer.write_errors >= 1
+    })
+    .await;
     let stats = client.stats()[0].clone();
-    assert!(stats.buffer.write_errors >= 1, "{stats:?}");
     assert_eq!(stats.buffer.records_written, 0);
     assert_eq!(stats.pending_samples, 30, "still in memory");
 

@@ -15,6 +15,8 @@
 //! - While the endpoint is failing (a record is backing off), the in-memory queue is moved to
 //!   disk: full batches as soon as they are queued, everything at every flush interval. So
 //!   during an outage the queue stays nearly empty and its samples survive a crash.
+//! - While records are replayed and the in-memory queue is half full, its full batches are
+//!   moved to disk behind the records instead of waiting for the replay to finish.
 //! - At shutdown, what could not be delivered before the deadline (the batch in flight and
 //!   everything queued) is written to disk instead of being dropped.
 //! - While a batch is in flight and the endpoint has not failed yet, a queue that fills up
@@ -316,7 +318,10 @@ impl Buffer {
             }
         }
         ids.sort_unstable();
-        self.next_id = ids.last().map_or(1, |id| id + 1);
+        // Never reuse an id at or below the acknowledged segment: the next start would take
+        // such a segment for an acknowledged one and delete it.
+        let highest = ids.last().copied().max(ack.map(|a| a.segment)).unwrap_or(0);
+        self.next_id = highest + 1;
         for id in ids {
             let path = self.segment_path(id);
             if ack.is_some_and(|a| id < a.segment) {

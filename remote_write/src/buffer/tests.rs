@@ -108,6 +108,27 @@ fn records_survive_a_restart_in_order_and_acks_persist() {
 }
 
 #[test]
+fn segment_ids_stay_above_the_acknowledged_one_across_restarts() {
+    let f = Fixture::new();
+    let mut b = f.open();
+    b.append(b"delivered", 1, None).unwrap();
+    let r = b.peek().unwrap();
+    b.ack(r.pos).unwrap();
+    drop(b);
+    drop(f.open()); // deletes the fully acknowledged segment
+    assert!(f.segments().is_empty());
+    let mut b = f.open();
+    b.append(b"pending", 1, None).unwrap();
+    drop(b);
+    let mut b = f.open();
+    assert_eq!(
+        drain(&mut b),
+        vec![(1, b"pending".to_vec())],
+        "not mistaken for acknowledged"
+    );
+}
+
+#[test]
 fn segments_rotate_and_drained_ones_are_deleted() {
     let f = Fixture::new();
     let mut b = f.open_with(1 << 20, 4096).unwrap();
