@@ -188,6 +188,8 @@ pub(crate) struct Buffer {
     stats: Arc<EndpointStats>,
     queue: Arc<Queue>,
     scratch: Vec<u8>,
+    /// Whether the cap dropped segments since the last delivery (for logging).
+    dropping: bool,
     /// Held (locked) for the buffer's lifetime.
     _lock: File,
 }
@@ -236,6 +238,7 @@ impl Buffer {
             stats,
             queue,
             scratch: Vec::new(),
+            dropping: false,
             _lock: lock,
         };
         buffer.load()?;
@@ -416,12 +419,18 @@ impl Buffer {
         }
         let samples: u64 = seg.records.iter().map(|r| u64::from(r.samples)).sum();
         if !seg.records.is_empty() {
-            tracing::warn!(
-                dir = %self.dir().display(),
-                records = seg.records.len(),
-                samples,
-                "remote-write buffer full: dropping the oldest segment"
-            );
+            // One warning per burst of drops (until a record is delivered again).
+            if self.dropping {
+                tracing::debug!(dir = %self.dir().display(), records = seg.records.len(), samples, "remote-write buffer full: dropping the oldest segment");
+            } else {
+                tracing::warn!(
+                    dir = %self.dir().display(),
+                    records = seg.records.len(),
+                    samples,
+                    "remote-write buffer full: dropping the oldest segments; see records_dropped"
+                );
+            }
+            self.dropping = true;
         }
         self.stats
             .buffer
@@ -582,6 +591,7 @@ impl Buffer {
             return Ok(());
         };
         self.stats.buffer.records_replayed.inc(1);
+        self.dropping = false;
         let written = self.write_ack(Position {
             segment: pos.segment,
             offset: pos.offset + record.len(),
