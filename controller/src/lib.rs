@@ -10,6 +10,7 @@ pub mod exposition;
 pub mod health;
 pub mod leader;
 pub mod offline;
+pub mod outcome;
 pub mod plan;
 pub mod push;
 pub mod receive;

@@ -117,7 +117,9 @@ async fn send(router: &Router, req: Req) -> (StatusCode, serde_json::Value) {
 }
 
 /// The store without the receiver's own request counter.
-fn probe_series(store: &Store) -> Vec<(&'static str, Vec<(Vec<String>, Value)>)> {
+type Series = Vec<(Vec<String>, Value)>;
+
+fn probe_series(store: &Store) -> Vec<(&'static str, Series)> {
     store
         .families()
         .into_iter()

@@ -1,0 +1,521 @@
+//! The probe-outcome state machine: plain observations of probe Pods, the Events about them and
+//! their PVCs, and the probe PVCs and PVs in; metric updates and actions out. No I/O, no clock:
+//! every call gets `now_ms`.
+//!
+//! pie's `on_time` semantics: registered = Pod creation, started = the `probe` container's
+//! startedAt. `started - registered >= threshold`, or not started and `now - registered >=
+//! threshold`, is `on_time="false"` (counted once) and the Job is deleted; otherwise `true`.
+//! A Pod is counted exactly once: the outcome asks for the Pod to be marked counted
+//! ([`Action::MarkCounted`], an annotation), and a Pod seen with that mark is never counted again,
+//! also after a restart. Probes of ineligible nodes are not failures: their Pod is marked and its
+//! Job deleted, but nothing is counted.
+
+use std::collections::HashMap;
+
+use crate::store::{self, Op, Update};
+
+/// Which probe a Pod runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// The provision probe (ephemeral volume).
+    Provision,
+    /// A mount probe (per node).
+    Mount,
+}
+
+impl ProbeKind {
+    /// The `probe` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeKind::Provision => "provision",
+            ProbeKind::Mount => "mount",
+        }
+    }
+}
+
+/// What the watch layer knows about one probe Pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodObs {
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The Job owning the Pod.
+    pub job: Option<String>,
+    /// Provision or mount.
+    pub kind: ProbeKind,
+    /// PieProbe name.
+    pub pie_probe_name: String,
+    /// StorageClass.
+    pub storage_class: String,
+    /// `spec.nodeName` (empty while unscheduled).
+    pub node: String,
+    /// creationTimestamp, ms.
+    pub created_ms: i64,
+    /// The `probe` container's startedAt, ms.
+    pub started_ms: Option<i64>,
+    /// The PieProbe's probeThreshold, ms.
+    pub threshold_ms: i64,
+    /// The counted mark is on the Pod.
+    pub counted: bool,
+    /// Waiting reason of the `probe` container (e.g. `ImagePullBackOff`).
+    pub waiting_reason: Option<String>,
+    /// Names of the PVCs the Pod uses (for Events about them).
+    pub pvcs: Vec<String>,
+    /// The node can run mount probes (always true for provision probes).
+    pub node_eligible: bool,
+}
+
+/// An Event about a probe Pod or a probe PVC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventObs {
+    /// Namespace of the involved object.
+    pub namespace: String,
+    /// `Pod` or `PersistentVolumeClaim`.
+    pub involved_kind: String,
+    /// Name of the involved object.
+    pub involved_name: String,
+    /// The Event's reason.
+    pub reason: String,
+    /// The Event's message.
+    pub message: String,
+    /// When it (last) happened, ms.
+    pub time_ms: i64,
+}
+
+/// A provision probe's ephemeral PVC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PvcObs {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// PieProbe name.
+    pub pie_probe_name: String,
+    /// StorageClass.
+    pub storage_class: String,
+    /// creationTimestamp, ms.
+    pub created_ms: i64,
+    /// `status.phase == Bound`.
+    pub bound: bool,
+    /// `spec.volumeName`.
+    pub volume: Option<String>,
+    /// deletionTimestamp, ms.
+    pub deleted_ms: Option<i64>,
+    /// The PieProbe's probeThreshold, ms.
+    pub threshold_ms: i64,
+}
+
+/// One observation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A probe Pod was added or changed.
+    Pod(PodObs),
+    /// A probe Pod is gone.
+    PodGone {
+        /// Its UID.
+        uid: String,
+    },
+    /// An Event.
+    Event(EventObs),
+    /// An ephemeral PVC was added or changed.
+    Pvc(PvcObs),
+    /// An ephemeral PVC is gone (its PV may remain).
+    PvcGone {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// A PV is gone.
+    PvGone {
+        /// Its name.
+        name: String,
+    },
+    /// Time passes (check thresholds).
+    Tick,
+}
+
+/// What the watch layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Annotate the Pod as counted.
+    MarkCounted {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        pod: String,
+    },
+    /// Delete the Job (background propagation).
+    DeleteJob {
+        /// Namespace.
+        namespace: String,
+        /// Job name.
+        job: String,
+    },
+}
+
+/// Updates and actions of one step.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Output {
+    /// Metric changes.
+    pub updates: Vec<Update>,
+    /// Kubernetes actions.
+    pub actions: Vec<Action>,
+}
+
+/// Reasons a probe did not start on time.
+pub const REASONS: [&str; 6] = [
+    "FailedScheduling",
+    "FailedAttachVolume",
+    "FailedMount",
+    "ProvisioningFailed",
+    "ImagePull",
+    "timeout",
+];
+
+/// The failure reason an Event stands for, if any.
+pub fn event_reason(reason: &str, message: &str) -> Option<&'static str> {
+    match reason {
+        "FailedScheduling" => Some("FailedScheduling"),
+        "FailedAttachVolume" => Some("FailedAttachVolume"),
+        "FailedMount" => Some("FailedMount"),
+        "ProvisioningFailed" => Some("ProvisioningFailed"),
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => Some("ImagePull"),
+        "Failed" | "BackOff" if message.contains("image") || message.contains("pull") => {
+            Some("ImagePull")
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    pod: PodObs,
+    /// Latest explaining Event: (time, reason).
+    reason: Option<(i64, &'static str)>,
+    done: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Volume {
+    pvc: PvcObs,
+    provision_seen: bool,
+    delete_counted: bool,
+}
+
+/// The state machine.
+#[derive(Debug, Default)]
+pub struct Machine {
+    pods: HashMap<String, Tracked>,
+    /// Events that arrived before their Pod, keyed by (namespace, object name).
+    early: HashMap<(String, String), (i64, &'static str)>,
+    volumes: HashMap<(String, String), Volume>,
+}
+
+impl Machine {
+    /// An empty machine.
+    pub fn new() -> Machine {
+        Machine::default()
+    }
+
+    /// Pods tracked and not yet counted.
+    pub fn pending(&self) -> usize {
+        self.pods.values().filter(|t| !t.done).count()
+    }
+
+    /// Pods tracked (counted or not, until they are gone).
+    pub fn tracked(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Feeds one observation at `now_ms`.
+    pub fn observe(&mut self, observation: Observation, now_ms: i64) -> Output {
+        let mut out = Output::default();
+        match observation {
+            Observation::Pod(pod) => self.pod(pod, now_ms, &mut out),
+            Observation::PodGone { uid } => {
+                if let Some(mut t) = self.pods.remove(&uid)
+                    && !t.done
+                    && now_ms - t.pod.created_ms >= t.pod.threshold_ms
+                {
+                    // Gone without starting after its threshold: count it (no one to mark).
+                    decide(&mut t, now_ms, &mut out);
+                    out.actions.clear();
+                }
+            }
+            Observation::Event(e) => self.event(e, now_ms, &mut out),
+            Observation::Pvc(pvc) => self.pvc(pvc, now_ms, &mut out),
+            Observation::PvcGone { namespace, name } => {
+                if let Some(v) = self.volumes.get_mut(&(namespace, name))
+                    && v.pvc.deleted_ms.is_none()
+                {
+                    v.pvc.deleted_ms = Some(now_ms);
+                }
+            }
+            Observation::PvGone { name } => self.pv_gone(&name, now_ms, &mut out),
+            Observation::Tick => {}
+        }
+        self.check_thresholds(now_ms, &mut out);
+        out
+    }
+
+    fn pod(&mut self, pod: PodObs, now_ms: i64, out: &mut Output) {
+        let early = pod
+            .pvcs
+            .iter()
+            .chain([&pod.name])
+            .filter_map(|n| self.early.remove(&(pod.namespace.clone(), n.clone())))
+            .max_by_key(|(t, _)| *t);
+        let t = self.pods.entry(pod.uid.clone()).or_insert_with(|| Tracked {
+            pod: pod.clone(),
+            reason: None,
+            done: false,
+        });
+        if early.is_some_and(|e| t.reason.is_none_or(|r| e.0 > r.0)) {
+            t.reason = early;
+        }
+        // Never let an older observation undo what is known (out-of-order updates).
+        let started = t.pod.started_ms.or(pod.started_ms);
+        let node = if pod.node.is_empty() {
+            t.pod.node.clone()
+        } else {
+            pod.node.clone()
+        };
+        t.done |= pod.counted;
+        t.pod = PodObs {
+            started_ms: started,
+            node,
+            counted: t.pod.counted || pod.counted,
+            ..pod
+        };
+        if let Some(w) = t.pod.waiting_reason.as_deref()
+            && let Some(r) = event_reason(w, "")
+        {
+            t.reason = Some((now_ms, r));
+        }
+        if !t.done && t.pod.started_ms.is_some() {
+            decide(t, now_ms, out);
+        }
+    }
+
+    fn event(&mut self, e: EventObs, _now_ms: i64, _out: &mut Output) {
+        let Some(reason) = event_reason(&e.reason, &e.message) else {
+            return;
+        };
+        let mut matched = false;
+        for t in self.pods.values_mut() {
+            let about = match e.involved_kind.as_str() {
+                "Pod" => t.pod.name == e.involved_name,
+                "PersistentVolumeClaim" => t.pod.pvcs.contains(&e.involved_name),
+                _ => false,
+            };
+            if about && t.pod.namespace == e.namespace {
+                matched = true;
+                if t.reason.is_none_or(|(time, _)| e.time_ms >= time) {
+                    t.reason = Some((e.time_ms, reason));
+                }
+            }
+        }
+        if !matched {
+            let key = (e.namespace, e.involved_name);
+            let slot = self.early.entry(key).or_insert((e.time_ms, reason));
+            if e.time_ms >= slot.0 {
+                *slot = (e.time_ms, reason);
+            }
+        }
+    }
+
+    fn check_thresholds(&mut self, now_ms: i64, out: &mut Output) {
+        for t in self.pods.values_mut() {
+            if !t.done && now_ms - t.pod.created_ms >= t.pod.threshold_ms {
+                decide(t, now_ms, out);
+            }
+        }
+        for v in self.volumes.values_mut() {
+            if let Some(deleted) = v.pvc.deleted_ms
+                && !v.delete_counted
+                && now_ms - deleted >= v.pvc.threshold_ms
+            {
+                v.delete_counted = true;
+                out.updates.push(Update::new(
+                    &store::VOLUME_DELETE_TOTAL,
+                    [&v.pvc.pie_probe_name, &v.pvc.storage_class, "false"],
+                    Op::Inc(1.0),
+                    deleted + v.pvc.threshold_ms,
+                ));
+            }
+        }
+        // Early Events older than an hour will never meet their Pod.
+        self.early.retain(|_, (t, _)| now_ms - *t < 3_600_000);
+    }
+
+    fn pvc(&mut self, pvc: PvcObs, now_ms: i64, out: &mut Output) {
+        let key = (pvc.namespace.clone(), pvc.name.clone());
+        let first = !self.volumes.contains_key(&key);
+        let v = self.volumes.entry(key).or_insert_with(|| Volume {
+            // A PVC first seen already Bound (e.g. after a restart) has no measurable
+            // provisioning time.
+            provision_seen: pvc.bound,
+            pvc: pvc.clone(),
+            delete_counted: false,
+        });
+        if first {
+            for on_time in ["true", "false"] {
+                out.updates.push(Update::new(
+                    &store::VOLUME_DELETE_TOTAL,
+                    [&pvc.pie_probe_name, &pvc.storage_class, on_time],
+                    Op::Ensure,
+                    now_ms,
+                ));
+            }
+        }
+        if pvc.bound && !v.provision_seen {
+            v.provision_seen = true;
+            out.updates.push(Update::new(
+                &store::VOLUME_PROVISION,
+                [&pvc.pie_probe_name, &pvc.storage_class],
+                Op::Observe(secs(now_ms - pvc.created_ms)),
+                now_ms,
+            ));
+        }
+        v.pvc.bound |= pvc.bound;
+        v.pvc.volume = pvc.volume.or(v.pvc.volume.take());
+        v.pvc.deleted_ms = v.pvc.deleted_ms.or(pvc.deleted_ms);
+    }
+
+    fn pv_gone(&mut self, name: &str, now_ms: i64, out: &mut Output) {
+        let key = self
+            .volumes
+            .iter()
+            .find(|(_, v)| v.pvc.volume.as_deref() == Some(name))
+            .map(|(k, _)| k.clone());
+        let Some(v) = key.and_then(|k| self.volumes.remove(&k)) else {
+            return;
+        };
+        let Some(deleted) = v.pvc.deleted_ms else {
+            return;
+        };
+        let labels = [&v.pvc.pie_probe_name, &v.pvc.storage_class];
+        let took = now_ms - deleted;
+        out.updates.push(Update::new(
+            &store::VOLUME_DELETE,
+            labels,
+            Op::Observe(secs(took)),
+            now_ms,
+        ));
+        if !v.delete_counted {
+            let on_time = if took < v.pvc.threshold_ms {
+                "true"
+            } else {
+                "false"
+            };
+            out.updates.push(Update::new(
+                &store::VOLUME_DELETE_TOTAL,
+                [labels[0], labels[1], on_time],
+                Op::Inc(1.0),
+                now_ms,
+            ));
+        }
+    }
+}
+
+fn secs(ms: i64) -> f64 {
+    ms.max(0) as f64 / 1000.0
+}
+
+/// Counts `t`'s outcome (it started, or its threshold passed) and returns the actions.
+fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
+    t.done = true;
+    let p = &t.pod;
+    let (on_time, at) = match p.started_ms {
+        Some(started) => (started - p.created_ms < p.threshold_ms, started),
+        None => (false, p.created_ms + p.threshold_ms),
+    };
+    let at = at.min(now_ms);
+    out.actions.push(Action::MarkCounted {
+        namespace: p.namespace.clone(),
+        pod: p.name.clone(),
+    });
+    if !on_time && let Some(job) = &p.job {
+        out.actions.push(Action::DeleteJob {
+            namespace: p.namespace.clone(),
+            job: job.clone(),
+        });
+    }
+    if p.kind == ProbeKind::Mount && !p.node_eligible && !on_time {
+        // The node became ineligible: not a failure.
+        return;
+    }
+    let on_time_label = if on_time { "true" } else { "false" };
+    match p.kind {
+        ProbeKind::Provision => out.updates.push(Update::new(
+            &store::PROVISION_TOTAL,
+            [&p.pie_probe_name, &p.storage_class, on_time_label],
+            Op::Inc(1.0),
+            at,
+        )),
+        ProbeKind::Mount => out.updates.push(Update::new(
+            &store::MOUNT_TOTAL,
+            [&p.pie_probe_name, &p.node, &p.storage_class, on_time_label],
+            Op::Inc(1.0),
+            at,
+        )),
+    }
+    if let Some(started) = p.started_ms {
+        out.updates.push(Update::new(
+            &store::START_DURATION,
+            [&p.pie_probe_name, &p.node, &p.storage_class, p.kind.label()],
+            Op::Observe(secs(started - p.created_ms)),
+            at,
+        ));
+    }
+    if !on_time {
+        let reason = t.reason.map_or("timeout", |(_, r)| r);
+        out.updates.push(Update::new(
+            &store::FAILURES_TOTAL,
+            [
+                p.pie_probe_name.as_str(),
+                &p.node,
+                &p.storage_class,
+                p.kind.label(),
+                reason,
+            ],
+            Op::Inc(1.0),
+            at,
+        ));
+    }
+}
+
+/// Both `on_time` values at 0 for a probe (so ratio alerts work from the start).
+pub fn zero_updates(
+    kind: ProbeKind,
+    pie_probe_name: &str,
+    node: &str,
+    storage_class: &str,
+    now_ms: i64,
+) -> Vec<Update> {
+    ["true", "false"]
+        .into_iter()
+        .map(|on_time| match kind {
+            ProbeKind::Provision => Update::new(
+                &store::PROVISION_TOTAL,
+                [pie_probe_name, storage_class, on_time],
+                Op::Ensure,
+                now_ms,
+            ),
+            ProbeKind::Mount => Update::new(
+                &store::MOUNT_TOTAL,
+                [pie_probe_name, node, storage_class, on_time],
+                Op::Ensure,
+                now_ms,
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;
