@@ -93,9 +93,17 @@ pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
     }
 }
 
+/// The largest uncompressed `WriteRequest` [`decode_write_request`] accepts: twice
+/// VictoriaMetrics' request limit (this client never sends more than that limit).
+pub const MAX_DECODED_REQUEST_BYTES: usize = 2 * crate::VICTORIA_METRICS_MAX_REQUEST_BYTES;
+
 /// Errors decoding a request body.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The snappy header announces more than [`MAX_DECODED_REQUEST_BYTES`]; nothing was
+    /// allocated for it.
+    #[error("the body decompresses to {0} bytes, more than {MAX_DECODED_REQUEST_BYTES}")]
+    TooLarge(usize),
     /// The body is not valid snappy block-format data.
     #[error("snappy: {0}")]
     Snappy(#[from] snap::Error),
@@ -105,7 +113,14 @@ pub enum DecodeError {
 }
 
 /// Decodes a request body (snappy block format, then protobuf) into a `WriteRequest`.
+///
+/// The size announced by the snappy header is checked against [`MAX_DECODED_REQUEST_BYTES`]
+/// before anything is allocated, so a small hostile body cannot make it allocate gigabytes.
 pub fn decode_write_request(body: &[u8]) -> Result<proto::WriteRequest, DecodeError> {
+    let len = snap::raw::decompress_len(body)?;
+    if len > MAX_DECODED_REQUEST_BYTES {
+        return Err(DecodeError::TooLarge(len));
+    }
     let raw = snap::raw::Decoder::new().decompress_vec(body)?;
     Ok(proto::WriteRequest::decode(raw.as_slice())?)
 }
@@ -339,6 +354,16 @@ mod tests {
         // The framed format starts with the stream identifier chunk 0xff 06 00 00 "sNaPpY".
         assert_ne!(req.body.first(), Some(&0xff));
         assert!(snap::raw::Decoder::new().decompress_vec(req.body).is_ok());
+    }
+
+    #[test]
+    fn a_huge_announced_size_is_refused_before_allocating() {
+        // Found by the encode_decode fuzz target: a 6-byte body announcing ~4 GiB.
+        let body = [0xf0, 0xff, 0xff, 0xff, 0x0f, 0x00];
+        assert!(matches!(
+            decode_write_request(&body),
+            Err(DecodeError::TooLarge(n)) if n > MAX_DECODED_REQUEST_BYTES
+        ));
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub use config::{
     VICTORIA_METRICS_MAX_REQUEST_BYTES,
 };
 pub use encode::{
-    DecodeError, EncodedRequest, PreparedSample, RequestEncoder, decode_write_request,
-    encode_write_request,
+    DecodeError, EncodedRequest, MAX_DECODED_REQUEST_BYTES, PreparedSample, RequestEncoder,
+    decode_write_request, encode_write_request,
 };
 pub use series::{
     ExternalLabels, MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS, METRIC_NAME_LABEL,
