@@ -7,6 +7,10 @@ use std::path::Path;
 use futures::future::BoxFuture;
 use subtle::ConstantTimeEq;
 
+pub mod tokenreview;
+
+pub use tokenreview::TokenReviewAuth;
+
 /// A mount probe: the (PieProbe, node, StorageClass) triple a result is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Triple {

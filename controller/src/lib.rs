@@ -17,6 +17,7 @@ pub mod receive;
 pub mod receiver;
 pub mod reconcile;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod store;
 pub mod watch;

@@ -88,6 +88,10 @@ struct RunArgs {
     /// Address of /healthz and /readyz (`:PORT` for all interfaces).
     #[arg(long, env = "PIE_HEALTH_ADDR", default_value = ":8081")]
     health_addr: String,
+    #[command(flatten)]
+    listen: pie_controller::receive::ListenArgs,
+    #[command(flatten)]
+    push: pie_controller::push::PushArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,14 +169,18 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| client.default_namespace().to_owned()),
         identity,
     };
-    run::run(
-        client,
-        args.probe.config(),
-        options,
-        health,
-        Handles::default(),
+    let handles = Handles::default();
+    let pusher = pie_controller::serve::start(
+        &args.listen,
+        &args.push,
+        client.clone(),
+        handles.clone(),
+        health.clone(),
     )
     .await?;
+    let outcome = run::run(client, args.probe.config(), options, health, handles).await;
+    pusher.shutdown(std::time::Duration::from_secs(10)).await;
+    outcome?;
     Ok(())
 }
 
@@ -184,6 +192,44 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn receive_and_push_flags() {
+        let cli = Cli::try_parse_from([
+            "pie-controller",
+            "receive",
+            "--listen",
+            "127.0.0.1:9",
+            "--auth-token-file",
+            "/t",
+            "--remote-write-url",
+            "http://vm/api/v1/write",
+            "--external-label",
+            "cluster=a",
+        ])
+        .unwrap();
+        let Command::Receive(args) = cli.command else {
+            panic!("not receive")
+        };
+        assert_eq!(args.listen.listen, "127.0.0.1:9");
+        assert_eq!(args.push.external_labels, [("cluster".into(), "a".into())]);
+        let Command::Run(args) = Cli::try_parse_from([
+            "pie-controller",
+            "run",
+            "--metrics-addr",
+            ":9090",
+            "--push-interval",
+            "5s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(args.listen.listen, ":8082");
+        assert_eq!(args.listen.metrics_addr.as_deref(), Some(":9090"));
+        assert_eq!(args.push.push_interval.as_secs(), 5);
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub trait Targets: Send + Sync + fmt::Debug {
     /// Whether `triple` is a mount probe this controller manages.
     fn contains(&self, triple: &Triple) -> bool;
+
+    /// Whether this replica knows its probes (the leader with synced caches); others answer
+    /// 503 so the probe retries and reaches the leader.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Every probe (the `receive` mode: no Kubernetes to ask).
@@ -191,6 +197,12 @@ async fn check(
     result
         .validate()
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid result: {e}")))?;
+    if !receiver.targets.ready() {
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is not the leader or its caches are not synced yet; retry",
+        ));
+    }
     let triple = Triple {
         pie_probe_name: result.pie_probe_name.clone(),
         node: result.node.clone(),

@@ -69,7 +69,7 @@ fn run(machine: &mut Machine, steps: Vec<(Observation, i64)>) -> (Vec<String>, V
     for f in store.families() {
         for (labels, value) in f.series {
             let v = match value {
-                Value::Scalar(v) if v == 0.0 => continue,
+                Value::Scalar(0.0) => continue,
                 Value::Scalar(v) => format!("{v}"),
                 Value::Histogram { counts, sum } => {
                     format!("{}/{sum}", counts.iter().sum::<u64>())
@@ -357,7 +357,8 @@ fn volume_lifecycle() {
     let pv_gone = || Observation::PvGone {
         name: "pv-1".into(),
     };
-    let cases: Vec<(&str, Vec<(Observation, i64)>, Vec<&str>)> = vec![
+    type Steps = Vec<(Observation, i64)>;
+    let cases: Vec<(&str, Steps, Vec<&str>)> = vec![
         (
             "provisioned and deleted on time",
             vec![
