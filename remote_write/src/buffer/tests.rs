@@ -312,3 +312,21 @@ async fn records_from_the_queue_are_done_only_when_they_leave_the_buffer() {
         .expect("done once everything is delivered")
         .unwrap();
 }
+
+#[test]
+fn without_fsync_records_still_survive_a_restart_of_the_process() {
+    let f = Fixture::new();
+    let settings = Settings {
+        fsync: Fsync::Never,
+        ..f.settings(1 << 20, 4096)
+    };
+    let open = || Buffer::open(settings.clone(), URL, f.stats.clone(), f.queue.clone());
+    let mut b = open().unwrap();
+    b.append(b"one", 1, None).unwrap();
+    b.append(b"two", 2, None).unwrap();
+    let r = b.peek().unwrap();
+    b.ack(r.pos).unwrap();
+    drop(b);
+    let mut b = open().unwrap();
+    assert_eq!(drain(&mut b), vec![(2, b"two".to_vec())]);
+}
