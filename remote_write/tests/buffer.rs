@@ -168,12 +168,14 @@ async fn flush_waits_for_batches_moved_to_disk_during_an_outage() {
         let client = client.clone();
         async move { client.flush().await }
     });
-    wait_until("everything is moved to disk while failing", || {
-        client.stats()[0].buffer.samples == 50
-    })
+    wait_until(
+        "everything is moved from memory to disk while failing",
+        || {
+            let stats = &client.stats()[0];
+            stats.buffer.samples == 50 && stats.pending_samples == 0
+        },
+    )
     .await;
-    let stats = client.stats()[0].clone();
-    assert_eq!(stats.pending_samples, 0, "memory is empty");
     assert!(!flush.is_finished(), "on disk is not delivered");
 
     let rx = Receiver::start_on(port_of(&url)).await;
@@ -222,6 +224,7 @@ async fn damaged_buffer_replays_the_rest_and_counts_the_damage() {
     let got = wait_accepted(&rx, 40).await;
     let want: Vec<i64> = (1000..1020).chain(1030..1050).collect();
     assert_eq!(timestamps(&got, "a"), want, "records 2 and 5 are lost");
+    wait_until("the buffer is drained", || b.stats()[0].buffer.records == 0).await;
     let stats = &b.stats()[0].buffer;
     assert_eq!(stats.records_corrupted, 2);
     assert_eq!(stats.files_ignored, 2);
@@ -367,6 +370,7 @@ async fn replayed_records_are_retried_on_5xx_and_dropped_on_4xx() {
     );
     let statuses: Vec<u16> = rx.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![503, 400, 204, 204], "nothing resent");
+    wait_until("the buffer is drained", || b.stats()[0].buffer.records == 0).await;
     let stats = &b.stats()[0];
     assert_eq!(stats.dropped(DropReason::Http4xx), 10);
     assert_eq!(stats.samples_retried, 10);

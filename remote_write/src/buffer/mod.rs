@@ -403,10 +403,11 @@ impl Buffer {
         }
     }
 
+    /// Takes a record that left the buffer off the gauges; publish them before releasing the
+    /// record, so that whoever [`Client::flush`](crate::Client::flush) wakes sees them updated.
     fn forget(&mut self, record: &RecordRef) {
         self.records -= 1;
         self.samples -= u64::from(record.samples);
-        self.release(record);
     }
 
     /// Deletes the oldest segment, counting its unacknowledged records as dropped.
@@ -442,6 +443,10 @@ impl Buffer {
         }
         self.bytes -= seg.len;
         self.remove_file(&self.segment_path(seg.id));
+        self.publish();
+        for r in &seg.records {
+            self.release(r);
+        }
     }
 
     /// Appends one request body of `samples` samples; `seq_end` is the queue sequence number
@@ -551,6 +556,7 @@ impl Buffer {
                     }
                     self.forget(&record);
                     self.publish();
+                    self.release(&record);
                 }
             }
         }
@@ -604,6 +610,7 @@ impl Buffer {
             self.remove_front_segment();
         }
         self.publish();
+        self.release(&record);
         written
     }
 
