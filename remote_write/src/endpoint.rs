@@ -274,7 +274,11 @@ impl Endpoint {
         let Some(buffer) = &self.buffer else {
             return Fate::Finished;
         };
-        while let Some(record) = buffer.peek().await {
+        // Checking the count first keeps an empty buffer off the blocking pool.
+        while buffer.has_records() {
+            let Some(record) = buffer.peek().await else {
+                break;
+            };
             let samples = u64::from(record.samples);
             let raw_len = snap::raw::decompress_len(&record.body).unwrap_or(0) as u64;
             let source = Source::Disk(record.pos);

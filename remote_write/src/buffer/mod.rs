@@ -698,6 +698,11 @@ impl SharedBuffer {
     pub(crate) fn samples(&self) -> u64 {
         self.lock().samples()
     }
+
+    /// Whether any record waits on disk. Cheap, like [`SharedBuffer::contains`].
+    pub(crate) fn has_records(&self) -> bool {
+        self.lock().records > 0
+    }
 }
 
 #[cfg(test)]
