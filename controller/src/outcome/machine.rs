@@ -11,6 +11,7 @@
 //! Job deleted, but nothing is counted.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use crate::store::{self, Op, Update};
 
@@ -241,9 +242,11 @@ impl Machine {
                     && !t.done
                     && now_ms - t.pod.created_ms >= t.pod.threshold_ms
                 {
-                    // Gone without starting after its threshold: count it (no one to mark).
-                    decide(&mut t, now_ms, &mut out);
-                    out.actions.clear();
+                    // Gone without starting after its threshold: count it (nothing left to
+                    // mark or delete).
+                    let mut gone = Output::default();
+                    decide(&mut t, now_ms, &mut gone);
+                    out.updates = gone.updates;
                 }
             }
             Observation::Event(e) => self.event(e, now_ms, &mut out),
@@ -256,47 +259,57 @@ impl Machine {
                 }
             }
             Observation::PvGone { name } => self.pv_gone(&name, now_ms, &mut out),
-            Observation::Tick => {}
+            Observation::Tick => self.check_thresholds(now_ms, &mut out),
         }
-        self.check_thresholds(now_ms, &mut out);
         out
     }
 
     fn pod(&mut self, pod: PodObs, now_ms: i64, out: &mut Output) {
-        let early = pod
-            .pvcs
-            .iter()
-            .chain([&pod.name])
-            .filter_map(|n| self.early.remove(&(pod.namespace.clone(), n.clone())))
-            .max_by_key(|(t, _)| *t);
-        let t = self.pods.entry(pod.uid.clone()).or_insert_with(|| Tracked {
-            pod: pod.clone(),
-            reason: None,
-            done: false,
-        });
+        let early = if self.early.is_empty() {
+            None
+        } else {
+            pod.pvcs
+                .iter()
+                .chain([&pod.name])
+                .filter_map(|n| self.early.remove(&(pod.namespace.clone(), n.clone())))
+                .max_by_key(|(t, _)| *t)
+        };
+        let t = match self.pods.entry(pod.uid.clone()) {
+            Entry::Vacant(slot) => slot.insert(Tracked {
+                done: pod.counted,
+                pod,
+                reason: None,
+            }),
+            Entry::Occupied(slot) => {
+                let t = slot.into_mut();
+                // Never let an older observation undo what is known (out-of-order updates).
+                let started = t.pod.started_ms.or(pod.started_ms);
+                let node = if pod.node.is_empty() {
+                    std::mem::take(&mut t.pod.node)
+                } else {
+                    pod.node
+                };
+                t.done |= pod.counted;
+                t.pod = PodObs {
+                    started_ms: started,
+                    node,
+                    counted: t.pod.counted || pod.counted,
+                    ..pod
+                };
+                t
+            }
+        };
         if early.is_some_and(|e| t.reason.is_none_or(|r| e.0 > r.0)) {
             t.reason = early;
         }
-        // Never let an older observation undo what is known (out-of-order updates).
-        let started = t.pod.started_ms.or(pod.started_ms);
-        let node = if pod.node.is_empty() {
-            t.pod.node.clone()
-        } else {
-            pod.node.clone()
-        };
-        t.done |= pod.counted;
-        t.pod = PodObs {
-            started_ms: started,
-            node,
-            counted: t.pod.counted || pod.counted,
-            ..pod
-        };
         if let Some(w) = t.pod.waiting_reason.as_deref()
             && let Some(r) = event_reason(w, "")
         {
             t.reason = Some((now_ms, r));
         }
-        if !t.done && t.pod.started_ms.is_some() {
+        if !t.done
+            && (t.pod.started_ms.is_some() || now_ms - t.pod.created_ms >= t.pod.threshold_ms)
+        {
             decide(t, now_ms, out);
         }
     }
@@ -335,18 +348,7 @@ impl Machine {
             }
         }
         for v in self.volumes.values_mut() {
-            if let Some(deleted) = v.pvc.deleted_ms
-                && !v.delete_counted
-                && now_ms - deleted >= v.pvc.threshold_ms
-            {
-                v.delete_counted = true;
-                out.updates.push(Update::new(
-                    &store::VOLUME_DELETE_TOTAL,
-                    [&v.pvc.pie_probe_name, &v.pvc.storage_class, "false"],
-                    Op::Inc(1.0),
-                    deleted + v.pvc.threshold_ms,
-                ));
-            }
+            delete_overdue(v, now_ms, out);
         }
         // Early Events older than an hour will never meet their Pod.
         self.early.retain(|_, (t, _)| now_ms - *t < 3_600_000);
@@ -384,6 +386,7 @@ impl Machine {
         v.pvc.bound |= pvc.bound;
         v.pvc.volume = pvc.volume.or(v.pvc.volume.take());
         v.pvc.deleted_ms = v.pvc.deleted_ms.or(pvc.deleted_ms);
+        delete_overdue(v, now_ms, out);
     }
 
     fn pv_gone(&mut self, name: &str, now_ms: i64, out: &mut Output) {
@@ -419,6 +422,22 @@ impl Machine {
                 now_ms,
             ));
         }
+    }
+}
+
+/// Counts a deletion still unfinished at its threshold as `on_time="false"`, once.
+fn delete_overdue(v: &mut Volume, now_ms: i64, out: &mut Output) {
+    if let Some(deleted) = v.pvc.deleted_ms
+        && !v.delete_counted
+        && now_ms - deleted >= v.pvc.threshold_ms
+    {
+        v.delete_counted = true;
+        out.updates.push(Update::new(
+            &store::VOLUME_DELETE_TOTAL,
+            [&v.pvc.pie_probe_name, &v.pvc.storage_class, "false"],
+            Op::Inc(1.0),
+            deleted + v.pvc.threshold_ms,
+        ));
     }
 }
 

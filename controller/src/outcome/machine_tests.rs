@@ -292,6 +292,23 @@ fn table() {
             actions: vec![],
         },
         Case {
+            name: "Pod gone unstarted after its threshold (no tick seen): false, no action",
+            steps: vec![
+                (mount(pod(m)), C + 100),
+                (
+                    Observation::PodGone {
+                        uid: "uid-1".into(),
+                    },
+                    C + 2 * T,
+                ),
+            ],
+            series: vec![
+                "pie_mount_probe_total{p,n1,sc,false}=1",
+                "pie_probe_failures_total{p,n1,sc,mount,timeout}=1",
+            ],
+            actions: vec![],
+        },
+        Case {
             name: "restart mid-flight with the counted mark: never counted again",
             steps: vec![
                 (
