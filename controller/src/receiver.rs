@@ -4,7 +4,8 @@
 //! Every check happens before the store is touched, so bad input loses nothing and changes
 //! nothing: 405 wrong method, 401 no or bad token, 415 not JSON, 413 body over 64 KiB, 400
 //! unparsable or invalid result, 422 a probe this controller does not manage, 403 a probe
-//! reporting for another one, 503 the token cannot be checked now. Errors are
+//! reporting for another one, 503 the token cannot be checked now or this replica is not the
+//! leader (the agent retries). Errors are
 //! `{"error": "..."}`.
 
 use std::collections::BTreeSet;
