@@ -174,19 +174,27 @@ async fn one_endpoint_down_does_not_stall_the_other() {
         client.push(&s, Sample::new(i as f64, 1000 + i));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deadline = Instant::now() + WAIT;
-    while rx.accepted_samples().len() < 10 {
+    // Wait on the client's own stats: the receiver records a request before its 2xx answer
+    // reaches the client, and the batch leaves `pending_samples` only after `samples_sent`
+    // counts it, so the receiver's log can be ahead of both.
+    // Generous: a loaded CI machine can stall the runtime for seconds.
+    let patience = 3 * WAIT;
+    let deadline = Instant::now() + patience;
+    while client.stats()[1].samples_sent < 10 || client.stats()[1].pending_samples > 0 {
         assert!(
             Instant::now() < deadline,
-            "the healthy endpoint got {:?}",
+            "the healthy endpoint's stats after {patience:?}: {:?}; the receiver got {:?}",
+            client.stats()[1],
             rx.accepted_samples()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(rx.accepted_samples().len(), 10, "each sample exactly once");
     let stats = client.stats();
     assert_eq!(stats[0].samples_sent, 0);
     assert_eq!(stats[0].pending_samples, 10);
     assert_eq!(stats[1].samples_sent, 10);
+    assert_eq!(stats[1].pending_samples, 0);
     let report = client.shutdown(Duration::from_millis(300)).await;
     assert_eq!(report.endpoints, vec![(down, 10), (rx.url(), 0)]);
     assert_eq!(report.undelivered(), 10);
