@@ -1,6 +1,8 @@
 //! Carries out the state machine's [`Action`]s against the API server: the counted mark is a
 //! merge patch of one annotation on the Pod, a Job is deleted with background propagation (its
-//! Pod goes with it). An object already gone is not an error. Transient failures (5xx, 409,
+//! Pod goes with it), the last outcome is server-side applied to the PieProbe's status under its
+//! own field manager ([`OUTCOME_MANAGER`], so the reconciler's status applies keep it). An
+//! object already gone is not an error. Transient failures (5xx, 409,
 //! 429, connection errors) are retried with exponential backoff.
 
 use std::time::Duration;
@@ -11,7 +13,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use super::machine::Action;
+use super::machine::{Action, ProbeKind};
+use crate::crd::PieProbe;
+
+/// Field manager of the status' last outcomes.
+pub const OUTCOME_MANAGER: &str = "pie-controller-outcomes";
 use super::observe::ANNOTATION_COUNTED;
 
 /// The merge patch that marks a Pod counted.
@@ -24,6 +30,37 @@ fn status_code(e: &kube::Error) -> Option<u16> {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
     }
+}
+
+/// The server-side apply patch of a PieProbe's status for a [`Action::RecordOutcome`].
+pub fn outcome_patch(
+    kind: ProbeKind,
+    time_ms: i64,
+    node: Option<&str>,
+    result: &str,
+    message: &str,
+) -> serde_json::Value {
+    let field = match kind {
+        ProbeKind::Provision => "lastProvisionOutcome",
+        ProbeKind::Mount => "lastMountOutcome",
+    };
+    let time = k8s_openapi::jiff::Timestamp::from_millisecond(time_ms)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    let mut outcome = serde_json::json!({
+        "time": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(time),
+        "result": result,
+        "message": message,
+    });
+    if let Some(node) = node {
+        outcome["node"] = node.into();
+    }
+    serde_json::json!({
+        "apiVersion": "pie.topolvm.io/v1alpha1",
+        "kind": "PieProbe",
+        "status": { field: outcome },
+    })
 }
 
 /// Whether `e` is worth another attempt.
@@ -46,6 +83,28 @@ pub async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error
             .map(drop),
         Action::DeleteJob { namespace, job } => Api::<Job>::namespaced(client.clone(), namespace)
             .delete(job, &DeleteParams::background())
+            .await
+            .map(drop),
+        Action::RecordOutcome {
+            namespace,
+            pie_probe,
+            kind,
+            time_ms,
+            node,
+            result,
+            message,
+        } => Api::<PieProbe>::namespaced(client.clone(), namespace)
+            .patch_status(
+                pie_probe,
+                &PatchParams::apply(OUTCOME_MANAGER).force(),
+                &Patch::Apply(outcome_patch(
+                    *kind,
+                    *time_ms,
+                    node.as_deref(),
+                    result,
+                    message,
+                )),
+            )
             .await
             .map(drop),
     };
@@ -126,6 +185,43 @@ mod tests {
             .await;
         assert_eq!(body["propagationPolicy"], "Background");
         run.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn applies_the_last_outcome_to_the_status() {
+        let (client, mut api) = ApiServerVerifier::new();
+        let action = Action::RecordOutcome {
+            namespace: "pie".into(),
+            pie_probe: "p".into(),
+            kind: ProbeKind::Mount,
+            time_ms: 1_767_225_607_400,
+            node: Some("n1".into()),
+            result: "Late",
+            message: "started after 75.0s, threshold 60.0s".into(),
+        };
+        let run = tokio::spawn(async move { execute(&client, &action).await });
+        let body = api
+            .expect(
+                Method::PATCH,
+                "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-outcomes",
+                json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+                       "metadata": {"name": "p", "namespace": "pie"},
+                       "spec": {"monitoringStorageClass": "sc", "nodeSelector": {"nodeSelectorTerms": []}}}),
+            )
+            .await;
+        assert_eq!(
+            body,
+            json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+                   "status": {"lastMountOutcome": {"time": "2026-01-01T00:00:07Z", "node": "n1",
+                       "result": "Late", "message": "started after 75.0s, threshold 60.0s"}}})
+        );
+        run.await.unwrap().unwrap();
+        assert!(
+            outcome_patch(ProbeKind::Provision, 0, None, "OnTime", "")["status"]
+                ["lastProvisionOutcome"]
+                .get("node")
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -48,6 +48,15 @@ fn a_step_records_its_updates_and_returns_its_actions() {
             Action::DeleteJob {
                 namespace: "pie".into(),
                 job: "mount-p-n1-sc-abc-1".into()
+            },
+            Action::RecordOutcome {
+                namespace: "pie".into(),
+                pie_probe: "p".into(),
+                kind: ProbeKind::Mount,
+                time_ms: 71_000,
+                node: Some("n1".into()),
+                result: "Late",
+                message: "started after 70.0s, threshold 60.0s".into()
             }
         ]
     );
@@ -227,10 +236,10 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
     ));
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while writes.lock().unwrap().len() < 2 {
+    while writes.lock().unwrap().len() < 3 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no mark and delete: {:?}",
+            "no mark, delete and status: {:?}",
             writes.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -250,6 +259,19 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
     assert_eq!(
         writes[1].1,
         "/apis/batch/v1/namespaces/pie/jobs/mount-p-n1-sc-abc-1?"
+    );
+    assert_eq!(writes[2].0, Method::PATCH);
+    assert!(
+        writes[2]
+            .1
+            .starts_with("/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?")
+    );
+    let outcome = &writes[2].2["status"]["lastMountOutcome"];
+    assert_eq!(outcome["result"], "NotStarted");
+    assert_eq!(outcome["node"], "n1");
+    assert!(
+        outcome["message"].as_str().unwrap().contains("FailedMount"),
+        "{outcome}"
     );
 
     let s = pusher.store();
