@@ -136,7 +136,11 @@ pub fn config() -> Config {
 /// sent, asserts its method and path+query, answers `response` (or echoes the request body when
 /// `response` is null, as the API server does for an apply or a create), and returns the body.
 pub struct ApiServerVerifier(
-    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
+    /// The raw handle, for tests that answer concurrent requests themselves.
+    pub  tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >,
 );
 
 impl std::fmt::Debug for ApiServerVerifier {
@@ -163,6 +167,18 @@ impl ApiServerVerifier {
         path_and_query: &str,
         response: serde_json::Value,
     ) -> serde_json::Value {
+        self.expect_status(method, path_and_query, 200, response)
+            .await
+    }
+
+    /// Like [`Self::expect`], answering with HTTP status `status`.
+    pub async fn expect_status(
+        &mut self,
+        method: http::Method,
+        path_and_query: &str,
+        status: u16,
+        response: serde_json::Value,
+    ) -> serde_json::Value {
         let (request, send) =
             tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next_request())
                 .await
@@ -183,6 +199,7 @@ impl ApiServerVerifier {
             serde_json::to_vec(if response.is_null() { &body } else { &response }).unwrap();
         send.send_response(
             http::Response::builder()
+                .status(status)
                 .body(kube::client::Body::from(response))
                 .unwrap(),
         );

@@ -178,7 +178,15 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
     )
     .await?;
-    let outcome = run::run(client, args.probe.config(), options, health, handles).await;
+    let outcome = run::run(
+        client,
+        args.probe.config(),
+        options,
+        health,
+        handles,
+        pusher.clone(),
+    )
+    .await;
     pusher.shutdown(std::time::Duration::from_secs(10)).await;
     outcome?;
     Ok(())

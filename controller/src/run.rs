@@ -21,8 +21,12 @@ use tracing::{info, warn};
 use crate::crd::PieProbe;
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::outcome::observe::{ProbeIndex, parse_threshold_ms};
+use crate::outcome::tracker;
 use crate::plan::{self, NodeEligibility, objects};
+use crate::push::{Pusher, now_ms};
 use crate::reconcile::{self, Context, EligibilityMap, Stores};
+use crate::store::{self, Op, Update};
 use crate::{leader, watch};
 
 /// How `run` scopes and coordinates itself.
@@ -60,6 +64,38 @@ impl Handles {
     }
 }
 
+impl Handles {
+    fn probe(&self, namespace: &str, name: &str) -> Option<Arc<PieProbe>> {
+        let r = ObjectRef::new(name).within(namespace);
+        let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
+        stores.iter().find_map(|s| s.get(&r))
+    }
+}
+
+/// The outcome tracker reads PieProbes and node eligibility from the reconciler's caches.
+impl ProbeIndex for Handles {
+    fn threshold_ms(&self, namespace: &str, name: &str) -> Option<i64> {
+        parse_threshold_ms(&self.probe(namespace, name)?.spec.probe_threshold)
+    }
+
+    fn node_eligible(&self, namespace: &str, name: &str, node: &str, storage_class: &str) -> bool {
+        let map = self.eligibility.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&(namespace.to_owned(), name.to_owned()))
+            .into_iter()
+            .flatten()
+            .any(|e| e.node == node && e.storage_class == storage_class && e.ineligible.is_none())
+    }
+
+    fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
+        stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter_map(|p| p.metadata.namespace.clone())
+            .collect()
+    }
+}
+
 /// A change outside the PieProbes that may change their plans.
 #[derive(Clone, Debug)]
 enum Trigger {
@@ -87,6 +123,7 @@ pub async fn run(
     options: RunOptions,
     health: Arc<Health>,
     handles: Handles,
+    pusher: Pusher,
 ) -> Result<()> {
     let mut leading = if options.leader_elect {
         let rx = leader::elect(client.clone(), &options.lease_namespace, &options.identity)
@@ -134,7 +171,8 @@ pub async fn run(
     let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> =
         vec![ready(nodes.clone()), ready(storage_classes.clone())];
     let mut controllers = Vec::new();
-    for scope in scopes {
+    let mut probes_ready = Vec::new();
+    for scope in scopes.clone() {
         let ns = scope.as_deref();
         let (cron_jobs, cj_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
@@ -162,6 +200,7 @@ pub async fn run(
             .unwrap_or_else(|e| e.into_inner())
             .push(probes.clone());
         to_sync.extend([ready(probes.clone()), ready(cron_jobs), ready(pvcs)]);
+        probes_ready.push(ready(probes.clone()));
         let shutdown = leadership_lost(leading.clone());
         let run = controller
             .owns_stream(owned(
@@ -183,10 +222,26 @@ pub async fn run(
             )
             .graceful_shutdown_on(shutdown)
             .run(reconcile::reconcile, reconcile::error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, _)) => tracing::debug!(probe = %obj.name, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "reconcile"),
+            .for_each({
+                let pusher = pusher.clone();
+                move |result| {
+                    let outcome = match &result {
+                        Ok((obj, _)) => {
+                            tracing::debug!(probe = %obj.name, "reconciled");
+                            "ok"
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "reconcile");
+                            "error"
+                        }
+                    };
+                    pusher.record([Update::new(
+                        &store::RECONCILES_TOTAL,
+                        [outcome],
+                        Op::Inc(1.0),
+                        now_ms(),
+                    )]);
+                    futures::future::ready(())
                 }
             });
         controllers.push(run);
@@ -197,7 +252,18 @@ pub async fn run(
         info!("caches synced");
         synced.set_synced(true);
     });
-    futures::future::join_all(controllers).await;
+    // Outcomes need the PieProbes (thresholds) before the first probe Pod is looked at.
+    let outcomes = {
+        let shutdown = leadership_lost(leading.clone());
+        let client = client.clone();
+        let index = Arc::new(handles.clone());
+        async move {
+            futures::future::join_all(probes_ready).await;
+            info!("tracking probe outcomes");
+            tracker::run(client, scopes, index, pusher, shutdown).await;
+        }
+    };
+    futures::future::join(futures::future::join_all(controllers), outcomes).await;
     health.set_leader(false);
     match leading {
         Some(rx) if !*rx.borrow() => Err(Error::Input("lost leadership".into())),

@@ -156,6 +156,23 @@ pub enum Action {
         /// Job name.
         job: String,
     },
+    /// Show the outcome in the PieProbe's status (`lastProvisionOutcome` or `lastMountOutcome`).
+    RecordOutcome {
+        /// Namespace.
+        namespace: String,
+        /// PieProbe name.
+        pie_probe: String,
+        /// Which probe.
+        kind: ProbeKind,
+        /// When it was decided (start or threshold), ms.
+        time_ms: i64,
+        /// Node of a mount probe (and of a provision probe once scheduled).
+        node: Option<String>,
+        /// `OnTime`, `Late` or `NotStarted`.
+        result: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
 }
 
 /// Updates and actions of one step.
@@ -468,6 +485,36 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
         // The node became ineligible: not a failure.
         return;
     }
+    let threshold = secs(p.threshold_ms);
+    let (result, message) = match p.started_ms {
+        Some(started) if on_time => (
+            "OnTime",
+            format!("started after {:.1}s", secs(started - p.created_ms)),
+        ),
+        Some(started) => (
+            "Late",
+            format!(
+                "started after {:.1}s, threshold {threshold:.1}s",
+                secs(started - p.created_ms)
+            ),
+        ),
+        None => (
+            "NotStarted",
+            format!(
+                "did not start within {threshold:.1}s ({})",
+                t.reason.map_or("timeout", |(_, r)| r)
+            ),
+        ),
+    };
+    out.actions.push(Action::RecordOutcome {
+        namespace: p.namespace.clone(),
+        pie_probe: p.pie_probe_name.clone(),
+        kind: p.kind,
+        time_ms: at,
+        node: (!p.node.is_empty()).then(|| p.node.clone()),
+        result,
+        message,
+    });
     let on_time_label = if on_time { "true" } else { "false" };
     match p.kind {
         ProbeKind::Provision => out.updates.push(Update::new(

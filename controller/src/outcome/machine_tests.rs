@@ -63,7 +63,12 @@ fn run(machine: &mut Machine, steps: Vec<(Observation, i64)>) -> (Vec<String>, V
         let out = machine.observe(obs, now);
         let (_, errors) = store.apply(out.updates);
         assert!(errors.is_empty(), "{errors:?}");
-        actions.extend(out.actions);
+        // Status outcomes have their own test.
+        actions.extend(
+            out.actions
+                .into_iter()
+                .filter(|a| !matches!(a, Action::RecordOutcome { .. })),
+        );
     }
     let mut series = Vec::new();
     for f in store.families() {
@@ -463,4 +468,76 @@ fn reasons_map_to_the_documented_set() {
             assert!(REASONS.contains(&r));
         }
     }
+}
+
+#[test]
+fn outcomes_for_the_status() {
+    let outcome = |obs: Vec<(Observation, i64)>| {
+        let mut m = Machine::new();
+        let mut found = Vec::new();
+        for (o, now) in obs {
+            for a in m.observe(o, now).actions {
+                if let Action::RecordOutcome {
+                    kind,
+                    time_ms,
+                    node,
+                    result,
+                    message,
+                    ..
+                } = a
+                {
+                    found.push((kind, time_ms, node, result, message));
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(
+        outcome(vec![(
+            Observation::Pod(started(pod(ProbeKind::Mount), C + 2_500)),
+            C + 3_000
+        )]),
+        [(
+            ProbeKind::Mount,
+            C + 2_500,
+            Some("n1".to_owned()),
+            "OnTime",
+            "started after 2.5s".to_owned()
+        )]
+    );
+    assert_eq!(
+        outcome(vec![(
+            Observation::Pod(started(pod(ProbeKind::Provision), C + T + 1_000)),
+            C + T + 2_000
+        )])[0]
+            .3,
+        "Late"
+    );
+    let mut unscheduled = pod(ProbeKind::Provision);
+    unscheduled.node = String::new();
+    let never = outcome(vec![
+        (Observation::Pod(unscheduled), C),
+        (
+            event(
+                "Pod",
+                "mount-x-123",
+                "FailedScheduling",
+                "0/3 nodes",
+                C + 10,
+            ),
+            C + 10,
+        ),
+        (Observation::Tick, C + T),
+    ]);
+    assert_eq!(never.len(), 1, "decided once");
+    let (kind, time, node, result, message) = &never[0];
+    assert_eq!(*kind, ProbeKind::Provision);
+    assert_eq!(*time, C + T);
+    assert_eq!(*node, None, "never scheduled");
+    assert_eq!(*result, "NotStarted");
+    assert!(message.contains("FailedScheduling"), "{message}");
+    // A probe of a node that became ineligible has no outcome.
+    let mut ineligible = pod(ProbeKind::Mount);
+    ineligible.node_eligible = false;
+    assert!(outcome(vec![(Observation::Pod(ineligible), C + T)]).is_empty());
 }

@@ -1,0 +1,266 @@
+//! The runtime around the outcome machine: watch streams in, metric updates and actions out.
+//!
+//! Watches (all streamed, nothing polled, no object cache beyond the machine's own state):
+//! - probe Pods, by label (`app.kubernetes.io/managed-by=pie-controller`), per watched scope;
+//! - the provision probes' ephemeral PVCs, by label, per watched scope;
+//! - PVs, metadata only (only their disappearance is used: volume deletion timings);
+//! - Events, only in namespaces holding PieProbes: per namespace one watch with the field
+//!   selector `involvedObject.kind=Pod` and one with `involvedObject.kind=PersistentVolumeClaim`,
+//!   started and stopped as PieProbes come and go. Events are never watched cluster-wide.
+//!
+//! Every observation goes through the machine at once; its metric updates are recorded (and
+//! queued for remote write) immediately, its actions run concurrently with retries.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::actions;
+use super::machine::{Action, Machine, Observation};
+use super::observe::{self, Known, ProbeIndex};
+use crate::plan::objects::{COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER};
+use crate::push::{Pusher, now_ms};
+
+/// How often thresholds are checked and Event namespaces re-evaluated.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How often the set of namespaces whose Events are watched is re-evaluated.
+pub const EVENT_NAMESPACES_EVERY: Duration = Duration::from_secs(5);
+/// Attempts per action (patch or delete) before it is given up and logged.
+pub const ACTION_ATTEMPTS: usize = 5;
+
+/// The machine plus where its output goes.
+#[derive(Debug)]
+pub struct Tracker {
+    machine: Machine,
+    pusher: Pusher,
+}
+
+impl Tracker {
+    /// A tracker recording into `pusher`.
+    pub fn new(pusher: Pusher) -> Tracker {
+        Tracker {
+            machine: Machine::new(),
+            pusher,
+        }
+    }
+
+    /// Feeds one observation: records its metric updates (queued for remote write at once)
+    /// and returns the actions to carry out.
+    pub fn step(&mut self, observation: Observation, now_ms: i64) -> Vec<Action> {
+        let out = self.machine.observe(observation, now_ms);
+        if !out.updates.is_empty() {
+            self.pusher.record(out.updates);
+        }
+        out.actions
+    }
+
+    /// Probe Pods tracked.
+    pub fn tracked(&self) -> usize {
+        self.machine.tracked()
+    }
+}
+
+/// Label selector of probe Pods.
+pub fn pod_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGER}")
+}
+
+/// Label selector of the provision probes' ephemeral PVCs.
+pub fn pvc_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={COMPONENT_PROVISION}")
+}
+
+/// The watch configuration of Events about objects of `kind` (field selector; Events cannot
+/// be selected by label).
+pub fn event_config(kind: &str) -> watcher::Config {
+    watcher::Config::default()
+        .fields(&format!("involvedObject.kind={kind}"))
+        .any_semantic()
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Sends the observations of every event of `events` to `tx` until it closes.
+async fn forward<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    mut convert: impl FnMut(&watcher::Event<K>) -> Vec<Observation>,
+    tx: mpsc::Sender<Observation>,
+    what: &'static str,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                for obs in convert(&event) {
+                    if tx.send(obs).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, watch = what, "watch error; retrying"),
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The Event watches of one namespace.
+fn watch_events_in(client: &Client, namespace: &str, tx: mpsc::Sender<Observation>) -> Task {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let pods = watcher(api.clone(), event_config("Pod")).default_backoff();
+    let pvcs = watcher(api, event_config("PersistentVolumeClaim")).default_backoff();
+    Task(tokio::spawn(forward(
+        stream::select(pods, pvcs),
+        observe::event_events,
+        tx,
+        "events",
+    )))
+}
+
+/// Keeps one set of Event watches per namespace holding PieProbes.
+async fn watch_events<I: ProbeIndex>(client: Client, index: Arc<I>, tx: mpsc::Sender<Observation>) {
+    let mut running: HashMap<String, Task> = HashMap::new();
+    let mut every = tokio::time::interval(EVENT_NAMESPACES_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let wanted = index.namespaces();
+        running.retain(|ns, _| {
+            let keep = wanted.contains(ns);
+            if !keep {
+                debug!(namespace = %ns, "no PieProbes left; stopping its Event watch");
+            }
+            keep
+        });
+        for ns in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(ns) {
+                debug!(namespace = %slot.key(), "watching Events");
+                let task = watch_events_in(&client, slot.key(), tx.clone());
+                slot.insert(task);
+            }
+        }
+    }
+}
+
+/// Runs the outcome tracking for `scopes` (`None`: all namespaces) until `shutdown` resolves.
+pub async fn run<I>(
+    client: Client,
+    scopes: Vec<Option<String>>,
+    index: Arc<I>,
+    pusher: Pusher,
+    shutdown: impl Future<Output = ()>,
+) where
+    I: ProbeIndex + Send + Sync + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Observation>(4096);
+    let mut tasks = Vec::new();
+    for scope in &scopes {
+        let ns = scope.as_deref();
+        let pods = watcher(
+            scoped::<Pod>(&client, ns),
+            watcher::Config::default()
+                .labels(&pod_selector())
+                .any_semantic(),
+        )
+        .default_backoff();
+        let idx = index.clone();
+        let mut known = Known::default();
+        tasks.push(Task(tokio::spawn(forward(
+            pods,
+            move |e| observe::pod_events(&mut known, e, idx.as_ref()),
+            tx.clone(),
+            "probe pods",
+        ))));
+        let pvcs = watcher(
+            scoped::<PersistentVolumeClaim>(&client, ns),
+            watcher::Config::default()
+                .labels(&pvc_selector())
+                .any_semantic(),
+        )
+        .default_backoff();
+        let idx = index.clone();
+        let mut known = Known::default();
+        tasks.push(Task(tokio::spawn(forward(
+            pvcs,
+            move |e| observe::pvc_events(&mut known, e, idx.as_ref()),
+            tx.clone(),
+            "probe pvcs",
+        ))));
+    }
+    let pvs = watcher(
+        Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    let mut known = Known::default();
+    tasks.push(Task(tokio::spawn(forward(
+        pvs,
+        move |e| observe::pv_events(&mut known, e),
+        tx.clone(),
+        "persistent volumes",
+    ))));
+    tasks.push(Task(tokio::spawn(watch_events(
+        client.clone(),
+        index,
+        tx.clone(),
+    ))));
+    drop(tx);
+
+    let mut tracker = Tracker::new(pusher);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let observation = tokio::select! {
+            Some(obs) = rx.recv() => obs,
+            _ = tick.tick() => Observation::Tick,
+            () = &mut shutdown => break,
+        };
+        for action in tracker.step(observation, now_ms()) {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let result = actions::execute_with_retries(
+                    &client,
+                    &action,
+                    ACTION_ATTEMPTS,
+                    Duration::from_millis(200),
+                )
+                .await;
+                match result {
+                    Ok(()) => debug!(?action, "done"),
+                    Err(e) => warn!(error = %e, ?action, "could not carry out an outcome action"),
+                }
+            });
+        }
+    }
+    drop(tasks);
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;
