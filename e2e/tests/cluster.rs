@@ -20,7 +20,9 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use pie_controller::crd::PieProbe;
 use pie_controller::health::Health;
 use pie_controller::plan::{Config, names};
+use pie_controller::push::Pusher;
 use pie_controller::run::{Handles, RunOptions};
+use pie_controller::store::Store;
 
 const MISSING_SC: &str = "pie-e2e-no-provisioner";
 
@@ -124,6 +126,8 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         },
         health.clone(),
         Handles::default(),
+        // Outcomes go to a store that is not pushed anywhere: this test checks objects.
+        Pusher::with_client(Arc::new(Store::new()), None),
     ));
 
     let probes: Api<PieProbe> = Api::namespaced(client.clone(), &ns);
