@@ -302,7 +302,7 @@ impl VictoriaMetrics {
     }
 
     /// Every series matching the series selector `selector`, as `/api/v1/export` returns it,
-    /// sorted by labels.
+    /// one entry per series (sorted by labels) with its samples in timestamp order.
     pub async fn export(&self, selector: &str) -> Vec<ExportedSeries> {
         self.force_flush().await;
         let url = format!("{}/api/v1/export", self.base_url());
@@ -321,13 +321,28 @@ impl VictoriaMetrics {
         let status = resp.status();
         let body = resp.text().await.expect("export body");
         assert!(status.is_success(), "export {selector}: {status}: {body}");
-        let mut series: Vec<ExportedSeries> = body
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("export line {l}: {e}")))
-            .collect();
-        series.sort_by(|a, b| a.metric.cmp(&b.metric));
-        series
+        // With reduce_mem_usage a series stored in several parts (e.g. across a restart)
+        // comes as several lines: merge them, keeping every sample (duplicates included).
+        let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let part: ExportedSeries =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("export line {line}: {e}"));
+            merged
+                .entry(part.metric)
+                .or_default()
+                .extend(part.timestamps.into_iter().zip(part.values));
+        }
+        merged
+            .into_iter()
+            .map(|(metric, mut samples)| {
+                samples.sort_by_key(|(t, _)| *t);
+                ExportedSeries {
+                    metric,
+                    timestamps: samples.iter().map(|(t, _)| *t).collect(),
+                    values: samples.into_iter().map(|(_, v)| v).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Polls [`VictoriaMetrics::export`] until `done` holds for its answer or `timeout` passes;
