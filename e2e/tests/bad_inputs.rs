@@ -11,6 +11,10 @@ use std::time::Duration;
 use e2e::{PieReceive, VictoriaMetrics, http_client};
 use serde_json::json;
 
+/// What a request is, its Authorization header, its content type, its body and the status it
+/// must get.
+type Case<'a> = (&'a str, Option<String>, Option<&'a str>, Vec<u8>, u16);
+
 fn result(probe: &str) -> serde_json::Value {
     json!({
         "pie_probe_name": probe,
@@ -47,7 +51,7 @@ async fn bad_requests_get_4xx_and_leave_nothing_in_victoria_metrics() {
     bad_name["node"] = json!("Bad_Node");
 
     // (what, authorization, content type, body, expected status)
-    let cases: Vec<(&str, Option<String>, Option<&str>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no token",
             None,

@@ -17,6 +17,9 @@ const BEFORE: usize = 5;
 const DURING: usize = 60;
 const AFTER: usize = 5;
 
+/// The value a series must have for the i-th result.
+type ValueOf = fn(usize) -> f64;
+
 /// The i-th result (1-based): every value differs from the others.
 fn result(i: usize) -> serde_json::Value {
     json!({
@@ -118,7 +121,7 @@ async fn sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing() {
         "controller log:\n{}",
         controller.log_tail()
     );
-    let exact: [(&str, fn(usize) -> f64); 3] = [
+    let exact: [(&str, ValueOf); 3] = [
         ("pie_io_write_latency_on_mount_probe_seconds", |i| {
             i as f64 / 1000.0
         }),
