@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -95,6 +96,35 @@ impl Process {
         match self.child.as_mut() {
             Some(child) => !matches!(child.try_wait(), Ok(None)),
             None => true,
+        }
+    }
+
+    /// Sends SIGTERM (through `kill(1)`, no `unsafe`) and returns at once; see
+    /// [`Process::wait_exit`].
+    pub fn terminate(&self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", self.name);
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own and returns its exit status,
+    /// or `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -243,6 +273,20 @@ impl VictoriaMetrics {
         self.process.stop();
     }
 
+    /// Stops VictoriaMetrics with SIGTERM and waits for it to exit, so that everything it
+    /// acknowledged is on disk (SIGKILL may lose the last second of acknowledged samples);
+    /// [`VictoriaMetrics::restart`] brings it back.
+    pub async fn stop_gracefully(&mut self) {
+        self.process.terminate();
+        let status = self.process.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.is_some(),
+            "victoria-metrics did not exit within 30 s of SIGTERM; log:\n{}",
+            self.log_tail()
+        );
+        self.process.stop();
+    }
+
     /// Starts VictoriaMetrics again on the same port and data directory and waits until healthy.
     pub async fn restart(&mut self) {
         self.process.stop();
@@ -258,7 +302,7 @@ impl VictoriaMetrics {
     }
 
     /// Every series matching the series selector `selector`, as `/api/v1/export` returns it,
-    /// sorted by labels.
+    /// one entry per series (sorted by labels) with its samples in timestamp order.
     pub async fn export(&self, selector: &str) -> Vec<ExportedSeries> {
         self.force_flush().await;
         let url = format!("{}/api/v1/export", self.base_url());
@@ -277,13 +321,28 @@ impl VictoriaMetrics {
         let status = resp.status();
         let body = resp.text().await.expect("export body");
         assert!(status.is_success(), "export {selector}: {status}: {body}");
-        let mut series: Vec<ExportedSeries> = body
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("export line {l}: {e}")))
-            .collect();
-        series.sort_by(|a, b| a.metric.cmp(&b.metric));
-        series
+        // With reduce_mem_usage a series stored in several parts (e.g. across a restart)
+        // comes as several lines: merge them, keeping every sample (duplicates included).
+        let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let part: ExportedSeries =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("export line {line}: {e}"));
+            merged
+                .entry(part.metric)
+                .or_default()
+                .extend(part.timestamps.into_iter().zip(part.values));
+        }
+        merged
+            .into_iter()
+            .map(|(metric, mut samples)| {
+                samples.sort_by_key(|(t, _)| *t);
+                ExportedSeries {
+                    metric,
+                    timestamps: samples.iter().map(|(t, _)| *t).collect(),
+                    values: samples.into_iter().map(|(_, v)| v).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Polls [`VictoriaMetrics::export`] until `done` holds for its answer or `timeout` passes;
@@ -446,6 +505,373 @@ impl Prometheus {
             .collect();
         out.sort_by(|a, b| a.metric.cmp(&b.metric));
         out
+    }
+}
+
+/// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_owned()
+}
+
+/// `pie-controller` and `pie-agent`, built for the tests.
+#[derive(Debug)]
+pub struct PieBinaries {
+    /// The `pie-controller` binary.
+    pub controller: PathBuf,
+    /// The `pie-agent` binary.
+    pub agent: PathBuf,
+}
+
+/// Builds `pie-controller` and `pie-agent` (debug) into the running test's target dir, once
+/// per test binary, and returns their paths.
+pub fn pie_binaries() -> &'static PieBinaries {
+    static BINARIES: OnceLock<PieBinaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let target = target_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "-p", "pie-controller", "-p", "pie-agent"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo gives the test process the package's variables; a build script that reruns
+        // when one of them changes (ring: CARGO_MANIFEST_DIR) would otherwise be rebuilt here
+        // and again by the next `cargo test`, with everything that depends on it.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            {
+                command.env_remove(name.as_ref());
+            }
+        }
+        let status = command.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        let bin = target.join("debug");
+        PieBinaries {
+            controller: bin.join("pie-controller"),
+            agent: bin.join("pie-agent"),
+        }
+    })
+}
+
+/// The shipped plain rule file, `deploy/alerts/pie.rules.yml`.
+pub fn shipped_rules() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy/alerts/pie.rules.yml")
+}
+
+/// `pie-controller receive` on a free loopback port, with a shared token, `/metrics` on another
+/// free loopback port, and remote write to the given URL.
+#[derive(Debug)]
+pub struct PieReceive {
+    process: Process,
+    port: u16,
+    metrics_port: u16,
+    token: String,
+    dir: TempDir,
+}
+
+impl PieReceive {
+    /// Starts `pie-controller receive` pushing to `write_url` with `cluster=<cluster>`, plus
+    /// `extra_args`, and waits until `/metrics` answers.
+    pub async fn start(write_url: &str, cluster: &str, extra_args: &[&str]) -> PieReceive {
+        let binaries = pie_binaries();
+        let dir = tempfile::tempdir().expect("create a pie-controller dir");
+        let token = format!("e2e-token-{}", now_nanos());
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut command = Command::new(&binaries.controller);
+        command
+            .arg("receive")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--auth-token-file")
+            .arg(&token_file)
+            .args(["--remote-write-url", write_url])
+            .args(["--external-label", &format!("cluster={cluster}")])
+            .args(extra_args)
+            .env("RUST_LOG", "info");
+        let mut process = Process::spawn(
+            "pie-controller receive",
+            command,
+            dir.path().join("controller.log"),
+        );
+        process
+            .wait_ready(
+                &format!("http://127.0.0.1:{metrics_port}/metrics"),
+                Duration::from_secs(30),
+            )
+            .await;
+        PieReceive {
+            process,
+            port,
+            metrics_port,
+            token,
+            dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, what agents get as `--controller-url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The receiver's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `URL/api/v1/results`.
+    pub fn results_url(&self) -> String {
+        format!("{}/api/v1/results", self.url())
+    }
+
+    /// The shared token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The file holding the shared token, for `pie-agent --token-file`.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let resp = http_client().get(&url).send().await.expect("GET /metrics");
+        assert!(resp.status().is_success(), "/metrics: {}", resp.status());
+        resp.text().await.expect("/metrics body")
+    }
+
+    /// POSTs `result` as JSON with the shared token; returns the status code.
+    pub async fn post(&self, result: &serde_json::Value) -> u16 {
+        http_client()
+            .post(self.results_url())
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(result).expect("serialize a result"))
+            .send()
+            .await
+            .expect("POST a result")
+            .status()
+            .as_u16()
+    }
+
+    /// Runs `pie-agent mount-probe` (real fio, 8 MiB) on `path` against this receiver.
+    pub fn mount_probe(&self, path: &Path, node: &str, storage_class: &str, probe: &str) -> Output {
+        Command::new(&pie_binaries().agent)
+            .arg("mount-probe")
+            .args(["--controller-url", &self.url()])
+            .arg("--path")
+            .arg(path)
+            .args(["--node-name", node])
+            .args(["--storage-class", storage_class])
+            .args(["--pie-probe-name", probe])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(["--size", "8M"])
+            .output()
+            .expect("run pie-agent")
+    }
+
+    /// The operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.process.terminate();
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout).await
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.process.has_exited()
+    }
+
+    /// The log tail, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
+/// One alert as vmalert's `/api/v1/alerts` lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VmalertAlert {
+    /// The alert name.
+    pub name: String,
+    /// `pending` or `firing`.
+    pub state: String,
+    /// The expression's value, as text.
+    pub value: String,
+    /// All labels, including `alertname` and `alertgroup`.
+    pub labels: BTreeMap<String, String>,
+    /// The rendered annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One rule as vmalert's `/api/v1/rules` lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VmalertRule {
+    /// Alert name or recorded metric name.
+    pub name: String,
+    /// `alerting` or `recording`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `ok` or `err`.
+    pub health: String,
+    /// The last evaluation's error, empty if none.
+    #[serde(rename = "lastError", default)]
+    pub last_error: String,
+    /// When the rule was last evaluated (RFC 3339); `0001-01-01...` before the first time.
+    #[serde(rename = "lastEvaluation", default)]
+    pub last_evaluation: String,
+}
+
+/// vmalert on a free loopback port, evaluating `rules` against a VictoriaMetrics, writing
+/// recording rules and `ALERTS` back to it, and sending alerts to `notifier_url`.
+#[derive(Debug)]
+pub struct Vmalert {
+    process: Process,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Vmalert {
+    /// Starts vmalert with the rule file `rules`, evaluated every `interval` (e.g. `1s`)
+    /// against `vm`, and waits until it answers.
+    pub async fn start(
+        rules: &Path,
+        vm: &VictoriaMetrics,
+        notifier_url: &str,
+        interval: &str,
+    ) -> Vmalert {
+        let binary = require_binary("vmalert", "victoria-metrics");
+        let dir = tempfile::tempdir().expect("create a vmalert dir");
+        let port = free_port();
+        let mut command = Command::new(binary);
+        command
+            .arg(format!("-rule={}", rules.display()))
+            .arg(format!("-datasource.url={}", vm.base_url()))
+            .arg(format!("-remoteWrite.url={}", vm.base_url()))
+            .arg(format!("-notifier.url={notifier_url}"))
+            .arg(format!("-evaluationInterval={interval}"))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-external.url=http://127.0.0.1:{port}"))
+            .arg("-loggerLevel=WARN");
+        let mut process = Process::spawn("vmalert", command, dir.path().join("vmalert.log"));
+        process
+            .wait_ready(
+                &format!("http://127.0.0.1:{port}/health"),
+                Duration::from_secs(30),
+            )
+            .await;
+        Vmalert {
+            process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let url = format!("{}{path}", self.base_url());
+        let resp = http_client().get(&url).send().await.expect("vmalert API");
+        let status = resp.status();
+        let body = resp.text().await.expect("vmalert API body");
+        assert!(status.is_success(), "{url}: {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+    }
+
+    /// The active (pending or firing) alerts, sorted by labels.
+    pub async fn alerts(&self) -> Vec<VmalertAlert> {
+        #[derive(Deserialize)]
+        struct Resp {
+            data: Data,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            // `null` when there is none.
+            alerts: Option<Vec<VmalertAlert>>,
+        }
+        let mut alerts = self
+            .get::<Resp>("/api/v1/alerts")
+            .await
+            .data
+            .alerts
+            .unwrap_or_default();
+        alerts.sort_by(|a, b| a.labels.cmp(&b.labels));
+        alerts
+    }
+
+    /// Every rule of every group.
+    pub async fn rules(&self) -> Vec<VmalertRule> {
+        #[derive(Deserialize)]
+        struct Resp {
+            data: Data,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            groups: Vec<Group>,
+        }
+        #[derive(Deserialize)]
+        struct Group {
+            rules: Vec<VmalertRule>,
+        }
+        self.get::<Resp>("/api/v1/rules")
+            .await
+            .data
+            .groups
+            .into_iter()
+            .flat_map(|g| g.rules)
+            .collect()
+    }
+
+    /// Polls [`Vmalert::alerts`] until `done` holds or `timeout` passes; returns the last
+    /// answer either way.
+    pub async fn alerts_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[VmalertAlert]) -> bool,
+    ) -> Vec<VmalertAlert> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let alerts = self.alerts().await;
+            if done(&alerts) || Instant::now() > deadline {
+                return alerts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The log tail, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
     }
 }
 

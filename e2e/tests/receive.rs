@@ -8,31 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{ExportedSeries, Process, VictoriaMetrics, free_port, http_client, require_binary};
-
-/// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .to_owned()
-}
-
-/// Builds both binaries into the test's own target dir and returns their paths.
-fn build_binaries() -> (PathBuf, PathBuf) {
-    let target = target_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "pie-controller", "-p", "pie-agent"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build of the binaries failed");
-    let bin = target.join("debug");
-    (bin.join("pie-controller"), bin.join("pie-agent"))
-}
+use e2e::{
+    ExportedSeries, Process, VictoriaMetrics, free_port, http_client, pie_binaries, require_binary,
+    target_dir,
+};
 
 /// `name{labels} value` lines of a Prometheus text exposition, labels as a map with
 /// `__name__`.
@@ -78,14 +57,14 @@ fn last(series: &ExportedSeries) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_pushes_a_real_mount_probe_to_victoria_metrics() {
     require_binary("fio", "fio");
-    let (controller_bin, agent_bin) = build_binaries();
+    let (controller_bin, agent_bin) = (&pie_binaries().controller, &pie_binaries().agent);
     let vm = VictoriaMetrics::start().await;
     let dir = tempfile::tempdir_in(target_dir()).expect("a work dir on a real filesystem");
     let token = dir.path().join("token");
     std::fs::write(&token, "e2e-shared-token\n").unwrap();
 
     let (port, metrics_port) = (free_port(), free_port());
-    let mut controller_cmd = Command::new(&controller_bin);
+    let mut controller_cmd = Command::new(controller_bin);
     controller_cmd
         .arg("receive")
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -107,7 +86,7 @@ async fn receive_pushes_a_real_mount_probe_to_victoria_metrics() {
 
     let volume = dir.path().join("mounted");
     std::fs::create_dir(&volume).unwrap();
-    let output = run_agent(&agent_bin, port, &volume, &token);
+    let output = run_agent(agent_bin, port, &volume, &token);
     let exited = Instant::now();
     assert!(
         output.status.success(),

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# End-to-end on kind: builds both images, loads them into a kind cluster, installs pie with an
-# in-cluster VictoriaMetrics and vmalert (deploy/examples/kind), probes kind's `standard`
-# StorageClass, and checks that probe results arrive in VictoriaMetrics, the alert rules are
-# loaded, and no storage alert fires on a healthy cluster.
-# Needs docker, kind and kubectl. Every query goes through `kubectl port-forward` on 127.0.0.1.
+# End-to-end on kind: builds both images, creates a kind cluster, runs the gated cluster test
+# (e2e/tests/cluster.rs, with PIE_E2E_KUBECONFIG set to the cluster) before pie is installed
+# there, then loads the images, installs pie with an in-cluster VictoriaMetrics and vmalert
+# (deploy/examples/kind), probes kind's `standard` StorageClass, and checks that probe results
+# arrive in VictoriaMetrics, the alert rules are loaded, and no storage alert fires on a healthy
+# cluster.
+# Needs docker, kind, kubectl and cargo. Every query goes through `kubectl port-forward` on
+# 127.0.0.1.
 # KEEP=1 keeps the cluster afterwards; CLUSTER=name picks the kind cluster (default pie-e2e).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
 cluster=${CLUSTER:-pie-e2e}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-for tool in docker kind kubectl curl; do
+for tool in docker kind kubectl curl cargo; do
   command -v "$tool" >/dev/null 2>&1 || { echo "e2e-kind: $tool not found" >&2; exit 1; }
 done
 
 log() { echo "e2e-kind: $*" >&2; }
 pf_pids=()
+kubeconfig=$(mktemp)
 cleanup() {
   for pid in "${pf_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -f "$kubeconfig"
   if [ "${KEEP:-0}" != 1 ]; then kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -37,6 +42,17 @@ docker build --target agent -t "ghcr.io/pie-rs/pie-agent:$version" .
 
 kind get clusters 2>/dev/null | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
 kubectl config use-context "kind-$cluster" >/dev/null
+
+# The in-process controller of the cluster test must be alone: run it before pie is deployed
+# (the deployed controller watches every namespace).
+if kubectl get namespace pie >/dev/null 2>&1; then
+  log "not running the cluster test: pie is already deployed on $cluster (KEEP=1 earlier?)"
+else
+  log "running the cluster test against kind"
+  kind get kubeconfig --name "$cluster" >"$kubeconfig"
+  PIE_E2E_KUBECONFIG="$kubeconfig" cargo test -p pie-e2e --test cluster -- --nocapture
+fi
+
 kind load docker-image --name "$cluster" "ghcr.io/pie-rs/pie-controller:$version" "ghcr.io/pie-rs/pie-agent:$version"
 
 log "installing pie, VictoriaMetrics and vmalert"

@@ -1,0 +1,229 @@
+//! A broken mount probe makes a real vmalert, evaluating the shipped rules
+//! (`deploy/alerts/pie.rules.yml`, unchanged) against a real VictoriaMetrics, fire
+//! `PieMountProbeIOErrors` with the probe's labels, and notify; a healthy probe next to it
+//! raises nothing.
+//!
+//! Everything is real: `pie-agent mount-probe` runs fio on a healthy directory and fails on a
+//! path that is not a directory (the tests run as root, for whom a read-only directory is
+//! writable), posts to `pie-controller receive`, which pushes to VictoriaMetrics; vmalert
+//! evaluates every second. `PieMountProbeIOErrors` has `for: 0m` and needs 2 failures in 30m,
+//! so two real failed probes make it fire at the next evaluation: no backdated samples needed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use e2e::{PieReceive, VictoriaMetrics, Vmalert, http_client, require_binary, shipped_rules};
+
+const CLUSTER: &str = "e2e-alerts";
+const PROBE: &str = "e2e-probe";
+const SC: &str = "e2e-sc";
+const BROKEN: &str = "broken-node";
+const HEALTHY: &str = "healthy-node";
+
+/// An Alertmanager stand-in: records every alert vmalert posts to `/api/v2/alerts`.
+async fn notifier() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/api/v2/alerts",
+            post(
+                |State(seen): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+                 axum::Json(alerts): axum::Json<Vec<serde_json::Value>>| async move {
+                    seen.lock().unwrap().extend(alerts);
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// Instant query against VictoriaMetrics: `labels -> value` per series.
+async fn query(vm: &VictoriaMetrics, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    #[derive(serde::Deserialize)]
+    struct Resp {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        result: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        metric: BTreeMap<String, String>,
+        value: (f64, String),
+    }
+    vm.force_flush().await;
+    let resp = http_client()
+        .post(format!("{}/api/v1/query", vm.base_url()))
+        .form(&[("query", q)])
+        .send()
+        .await
+        .unwrap();
+    let body = resp.text().await.unwrap();
+    let parsed: Resp = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{q}: {e}: {body}"));
+    let mut out: Vec<_> = parsed
+        .data
+        .result
+        .into_iter()
+        .map(|i| (i.metric, i.value.1.parse().unwrap()))
+        .collect();
+    out.sort_by(|a: &(BTreeMap<String, String>, f64), b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert() {
+    require_binary("fio", "fio");
+    let vm = VictoriaMetrics::start().await;
+    let (notifier_url, notified) = notifier().await;
+    let vmalert = Vmalert::start(&shipped_rules(), &vm, &notifier_url, "1s").await;
+    let controller = PieReceive::start(&vm.write_url(), CLUSTER, &[]).await;
+
+    let dir = tempfile::tempdir_in(e2e::target_dir()).expect("a work dir on a real filesystem");
+    let healthy = dir.path().join("healthy");
+    std::fs::create_dir(&healthy).unwrap();
+    // Where the volume should be mounted there is a plain file.
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, b"not a mounted volume").unwrap();
+
+    for round in 1..=2 {
+        let ok = controller.mount_probe(&healthy, HEALTHY, SC, PROBE);
+        assert_eq!(
+            ok.status.code(),
+            Some(0),
+            "healthy probe {round}: {}\ncontroller:\n{}",
+            String::from_utf8_lossy(&ok.stderr),
+            controller.log_tail()
+        );
+        let failed = controller.mount_probe(&broken, BROKEN, SC, PROBE);
+        // 1 = the probe failed and the failure was delivered.
+        assert_eq!(
+            failed.status.code(),
+            Some(1),
+            "broken probe {round}: {}\ncontroller:\n{}",
+            String::from_utf8_lossy(&failed.stderr),
+            controller.log_tail()
+        );
+        assert!(
+            String::from_utf8_lossy(&failed.stderr).contains("is not a directory"),
+            "{}",
+            String::from_utf8_lossy(&failed.stderr)
+        );
+    }
+
+    let is_ours = |a: &e2e::VmalertAlert| {
+        a.name == "PieMountProbeIOErrors"
+            && a.state == "firing"
+            && a.labels.get("node").map(String::as_str) == Some(BROKEN)
+    };
+    let alerts = vmalert
+        .alerts_until(Duration::from_secs(60), |alerts| alerts.iter().any(is_ours))
+        .await;
+    let firing = alerts.iter().find(|a| is_ours(a)).unwrap_or_else(|| {
+        panic!(
+            "PieMountProbeIOErrors is not firing for {BROKEN}: {alerts:#?}\nvmalert log:\n{}\ncontroller log:\n{}",
+            vmalert.log_tail(),
+            controller.log_tail()
+        )
+    });
+    let want: BTreeMap<String, String> = [
+        ("alertgroup", "pie.alerts"),
+        ("alertname", "PieMountProbeIOErrors"),
+        ("cluster", CLUSTER),
+        ("node", BROKEN),
+        ("pie_probe_name", PROBE),
+        ("severity", "critical"),
+        ("storage_class", SC),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(firing.labels, want);
+    assert_eq!(firing.value, "2", "two failed probes in the window");
+    assert_eq!(
+        firing.annotations["summary"],
+        format!("I/O on volumes of {SC} fails on node {BROKEN} ({CLUSTER})")
+    );
+
+    // Nothing else is active: not for the healthy node, and no other alert (pending included).
+    assert_eq!(
+        alerts.iter().filter(|a| !is_ours(a)).collect::<Vec<_>>(),
+        Vec::<&e2e::VmalertAlert>::new(),
+        "only the broken node's alert may be active"
+    );
+    // The healthy node was seen by the very expression that fires for the broken one: its
+    // failure count is 0, not absent.
+    let increases = query(
+        &vm,
+        r#"sum by (node) (increase(pie_performance_on_mount_probe_total{succeed="false",cluster="e2e-alerts"}[30m]))"#,
+    )
+    .await;
+    let by_node: BTreeMap<&str, f64> = increases
+        .iter()
+        .map(|(labels, v)| (labels["node"].as_str(), *v))
+        .collect();
+    assert_eq!(
+        by_node,
+        BTreeMap::from([(BROKEN, 2.0), (HEALTHY, 0.0)]),
+        "{increases:?}"
+    );
+
+    // Every shipped rule evaluated against pie's real series without error.
+    let rules = vmalert.rules().await;
+    assert_eq!(rules.len(), 16, "{rules:#?}");
+    for rule in &rules {
+        assert!(
+            rule.health == "ok" && rule.last_error.is_empty(),
+            "{rule:?}\nvmalert log:\n{}",
+            vmalert.log_tail()
+        );
+        assert!(!rule.last_evaluation.starts_with("0001"), "{rule:?}");
+    }
+
+    // vmalert notified (the Alertmanager API) and wrote the ALERTS series back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = notified.lock().unwrap().clone();
+        let names_nodes: Vec<(String, String)> = got
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                    a["labels"]["node"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        if !names_nodes.is_empty() {
+            assert!(
+                names_nodes
+                    .iter()
+                    .all(|(n, node)| n == "PieMountProbeIOErrors" && node == BROKEN),
+                "{got:#?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vmalert sent nothing to the notifier; log:\n{}",
+            vmalert.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let alerts_series = vm
+        .export_until(
+            r#"ALERTS{alertname="PieMountProbeIOErrors",alertstate="firing"}"#,
+            Duration::from_secs(10),
+            |s| !s.is_empty(),
+        )
+        .await;
+    assert_eq!(alerts_series.len(), 1, "{alerts_series:?}");
+    assert_eq!(alerts_series[0].metric["node"], BROKEN);
+    assert_eq!(alerts_series[0].metric["cluster"], CLUSTER);
+}

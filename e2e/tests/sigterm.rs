@@ -1,0 +1,127 @@
+//! SIGTERM to `pie-controller receive` delivers what is still pending before the process
+//! exits: samples held back by batching, and samples held back because VictoriaMetrics is
+//! unreachable when the signal arrives and returns within the shutdown window (10 s).
+
+use std::time::Duration;
+
+use e2e::{ExportedSeries, PieReceive, VictoriaMetrics, now_millis};
+use serde_json::json;
+
+fn result(probe: &str, i: usize) -> serde_json::Value {
+    json!({
+        "pie_probe_name": probe,
+        "node": "sigterm-node",
+        "storage_class": "sigterm-sc",
+        "write_latency": i as f64 / 100.0,
+        "read_latency": i as f64 / 200.0,
+        "performance_probe_succeed": true,
+    })
+}
+
+fn series<'a>(all: &'a [ExportedSeries], name: &str) -> &'a ExportedSeries {
+    all.iter()
+        .find(|s| {
+            s.metric["__name__"] == name && s.metric.get("succeed").is_none_or(|v| v == "true")
+        })
+        .unwrap_or_else(|| panic!("no {name} in {all:#?}"))
+}
+
+/// The probe's samples after three results and the shutdown's final re-send of the store.
+fn assert_three_results_and_the_final_push(all: &[ExportedSeries], terminated_ms: i64) {
+    let counter = series(all, "pie_performance_on_mount_probe_total");
+    assert_eq!(counter.values, [1.0, 2.0, 3.0, 3.0], "{counter:?}");
+    let write = series(all, "pie_io_write_latency_on_mount_probe_seconds");
+    assert_eq!(write.values, [0.01, 0.02, 0.03, 0.03], "{write:?}");
+    // The last sample of each is the whole store pushed once more at shutdown.
+    for s in [counter, write] {
+        let last = *s.timestamps.last().unwrap();
+        assert!(last >= terminated_ms, "{s:?}: last sample before SIGTERM");
+        assert!(s.timestamps.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_samples_held_back_by_batching() {
+    let vm = VictoriaMetrics::start().await;
+    let mut controller = PieReceive::start(
+        &vm.write_url(),
+        "e2e-sigterm",
+        &[
+            "--push-interval",
+            "1h",
+            "--remote-write-immediate=false",
+            "--remote-write-flush-interval",
+            "1h",
+        ],
+    )
+    .await;
+    // The client's flush timer ticks once when it starts, before the receiver listens; after
+    // that nothing is sent until a batch is full (2000 samples) or an hour has passed.
+    let selector = r#"{__name__=~"pie_.*",cluster="e2e-sigterm"}"#;
+    for i in 1..=3 {
+        assert_eq!(controller.post(&result("batched", i)).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        vm.export(r#"{__name__=~"pie_.*",pie_probe_name="batched"}"#)
+            .await,
+        [],
+        "the results may not be sent before the flush interval"
+    );
+
+    let terminated = now_millis();
+    controller.terminate();
+    let status = controller.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}; log:\n{}",
+        controller.log_tail()
+    );
+    let all = vm.export(selector).await;
+    assert_three_results_and_the_final_push(&all, terminated);
+    let leader = series(&all, "pie_controller_leader");
+    assert_eq!(leader.values.last(), Some(&1.0));
+    assert!(
+        controller
+            .log_tail()
+            .contains("remote write: everything delivered"),
+        "{}",
+        controller.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_victoria_metrics_to_come_back() {
+    let mut vm = VictoriaMetrics::start().await;
+    let mut controller = PieReceive::start(
+        &vm.write_url(),
+        "e2e-sigterm-down",
+        &["--push-interval", "1h"],
+    )
+    .await;
+    vm.stop_gracefully().await;
+    for i in 1..=3 {
+        assert_eq!(controller.post(&result("unreachable", i)).await, 200);
+    }
+    let terminated = now_millis();
+    controller.terminate();
+    // VictoriaMetrics is unreachable when the signal arrives and for a second after it: the
+    // controller keeps trying instead of exiting; then VictoriaMetrics comes back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !controller.has_exited(),
+        "pie-controller exited while VictoriaMetrics was unreachable; log:\n{}",
+        controller.log_tail()
+    );
+    vm.restart().await;
+    let status = controller.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}; log:\n{}",
+        controller.log_tail()
+    );
+    let all = vm
+        .export(r#"{__name__=~"pie_.*",cluster="e2e-sigterm-down"}"#)
+        .await;
+    assert_three_results_and_the_final_push(&all, terminated);
+}
