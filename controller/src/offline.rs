@@ -109,11 +109,11 @@ pub fn render(
                     )
                     .ok();
                 }
-                for cj in p.cron_jobs {
-                    push_doc(&mut out, &plan::with_desired_hash(cj))?;
+                for cj in p.desired_cron_jobs() {
+                    push_doc(&mut out, &cj.build())?;
                 }
-                for pvc in p.pvcs {
-                    push_doc(&mut out, &plan::with_desired_hash(pvc))?;
+                for pvc in p.desired_pvcs() {
+                    push_doc(&mut out, &pvc.build())?;
                 }
             }
         }
@@ -166,10 +166,7 @@ mod tests {
         let probe: PieProbe = parse_objects(PROBE, "PieProbe").unwrap().remove(0);
         let nodes: Vec<Node> = parse_objects(NODES, "Node").unwrap();
         let plan = plan::plan(&probe, &nodes, true, &config()).unwrap();
-        assert_eq!(
-            cron_jobs[1],
-            plan::with_desired_hash(plan.cron_jobs[1].clone())
-        );
+        assert_eq!(cron_jobs[1], plan.cron_jobs()[1]);
     }
 
     #[test]

@@ -166,40 +166,36 @@ fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
 
 async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> Result<()> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    for pvc in &plan.pvcs {
-        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, pvc.clone()).await?;
+    for pvc in plan.desired_pvcs() {
+        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, pvc).await?;
     }
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
-    for cj in &plan.cron_jobs {
-        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, cj.clone()).await?;
+    for cj in plan.desired_cron_jobs() {
+        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, cj).await?;
     }
     Ok(())
 }
 
+/// Applies `desired` unless the cached object already carries its desired-hash; the object is
+/// only built when it is applied.
 async fn apply_if_changed<K>(
     api: &Api<K>,
     store: &Store<PartialObjectMeta<K>>,
     ns: &str,
-    object: K,
+    desired: plan::Desired<'_, K>,
 ) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    let object = plan::with_desired_hash(object);
-    let name = object
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let existing = store.get(&ObjectRef::new(&name).within(ns));
-    if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == hash_of(object.meta()) {
+    let existing = store.get(&ObjectRef::new(&desired.name).within(ns));
+    if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == Some(desired.hash.as_str()) {
         return Ok(());
     }
-    debug!(kind = %K::kind(&()), %name, "applying");
+    debug!(kind = %K::kind(&()), name = %desired.name, "applying");
     api.patch(
-        &name,
+        &desired.name,
         &PatchParams::apply(objects::MANAGER).force(),
-        &Patch::Apply(&object),
+        &Patch::Apply(&desired.build()),
     )
     .await?;
     Ok(())

@@ -47,8 +47,8 @@ pub fn desired(probe: &PieProbe, plan: &Result<Plan, Blocked>, now: &Time) -> Pi
             };
             let ready_message = format!(
                 "{} CronJobs and {} PVCs in place; {} of {selected} selected nodes probed",
-                plan.cron_jobs.len(),
-                plan.pvcs.len(),
+                plan.cron_job_count(),
+                plan.pvc_count(),
                 selected - skipped.len()
             );
             let degraded = if skipped.is_empty() {

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use super::machine::{Action, ProbeKind};
+use super::machine::{Action, ProbeKind, secs};
 use crate::crd::PieProbe;
 
 /// Field manager of the status' last outcomes.
@@ -29,6 +29,23 @@ fn status_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
+    }
+}
+
+/// The human-readable message of an outcome.
+pub fn outcome_message(
+    started_after_ms: Option<i64>,
+    threshold_ms: i64,
+    reason: Option<&str>,
+) -> String {
+    let threshold = secs(threshold_ms);
+    match started_after_ms {
+        Some(ms) if ms < threshold_ms => format!("started after {:.1}s", secs(ms)),
+        Some(ms) => format!("started after {:.1}s, threshold {threshold:.1}s", secs(ms)),
+        None => format!(
+            "did not start within {threshold:.1}s ({})",
+            reason.unwrap_or("timeout")
+        ),
     }
 }
 
@@ -92,7 +109,9 @@ pub async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error
             time_ms,
             node,
             result,
-            message,
+            started_after_ms,
+            threshold_ms,
+            reason,
         } => Api::<PieProbe>::namespaced(client.clone(), namespace)
             .patch_status(
                 pie_probe,
@@ -102,7 +121,7 @@ pub async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error
                     *time_ms,
                     node.as_deref(),
                     result,
-                    message,
+                    &outcome_message(*started_after_ms, *threshold_ms, *reason),
                 )),
             )
             .await
@@ -197,7 +216,9 @@ mod tests {
             time_ms: 1_767_225_607_400,
             node: Some("n1".into()),
             result: "Late",
-            message: "started after 75.0s, threshold 60.0s".into(),
+            started_after_ms: Some(75_000),
+            threshold_ms: 60_000,
+            reason: None,
         };
         let run = tokio::spawn(async move { execute(&client, &action).await });
         let body = api
@@ -216,6 +237,14 @@ mod tests {
                        "result": "Late", "message": "started after 75.0s, threshold 60.0s"}}})
         );
         run.await.unwrap().unwrap();
+        assert_eq!(
+            outcome_message(Some(2_500), 60_000, None),
+            "started after 2.5s"
+        );
+        assert_eq!(
+            outcome_message(None, 60_000, Some("FailedMount")),
+            "did not start within 60.0s (FailedMount)"
+        );
         assert!(
             outcome_patch(ProbeKind::Provision, 0, None, "OnTime", "")["status"]
                 ["lastProvisionOutcome"]

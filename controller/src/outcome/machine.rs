@@ -170,8 +170,12 @@ pub enum Action {
         node: Option<String>,
         /// `OnTime`, `Late` or `NotStarted`.
         result: &'static str,
-        /// Human-readable detail.
-        message: String,
+        /// Creation to start, ms (`None`: it did not start).
+        started_after_ms: Option<i64>,
+        /// The probeThreshold, ms.
+        threshold_ms: i64,
+        /// Why it did not start (a failure reason), if it did not.
+        reason: Option<&'static str>,
     },
 }
 
@@ -281,7 +285,7 @@ impl Machine {
         out
     }
 
-    fn pod(&mut self, pod: PodObs, now_ms: i64, out: &mut Output) {
+    fn pod(&mut self, mut pod: PodObs, now_ms: i64, out: &mut Output) {
         let early = if self.early.is_empty() {
             None
         } else {
@@ -291,7 +295,8 @@ impl Machine {
                 .filter_map(|n| self.early.remove(&(pod.namespace.clone(), n.clone())))
                 .max_by_key(|(t, _)| *t)
         };
-        let t = match self.pods.entry(pod.uid.clone()) {
+        // The UID lives only in the map key (memory per tracked Pod).
+        let t = match self.pods.entry(std::mem::take(&mut pod.uid)) {
             Entry::Vacant(slot) => slot.insert(Tracked {
                 done: pod.counted,
                 pod,
@@ -458,7 +463,8 @@ fn delete_overdue(v: &mut Volume, now_ms: i64, out: &mut Output) {
     }
 }
 
-fn secs(ms: i64) -> f64 {
+/// ms as seconds (negative durations as 0).
+pub(crate) fn secs(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
 
@@ -485,26 +491,11 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
         // The node became ineligible: not a failure.
         return;
     }
-    let threshold = secs(p.threshold_ms);
-    let (result, message) = match p.started_ms {
-        Some(started) if on_time => (
-            "OnTime",
-            format!("started after {:.1}s", secs(started - p.created_ms)),
-        ),
-        Some(started) => (
-            "Late",
-            format!(
-                "started after {:.1}s, threshold {threshold:.1}s",
-                secs(started - p.created_ms)
-            ),
-        ),
-        None => (
-            "NotStarted",
-            format!(
-                "did not start within {threshold:.1}s ({})",
-                t.reason.map_or("timeout", |(_, r)| r)
-            ),
-        ),
+    let started_after_ms = p.started_ms.map(|s| s - p.created_ms);
+    let result = match started_after_ms {
+        Some(_) if on_time => "OnTime",
+        Some(_) => "Late",
+        None => "NotStarted",
     };
     out.actions.push(Action::RecordOutcome {
         namespace: p.namespace.clone(),
@@ -513,7 +504,11 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
         time_ms: at,
         node: (!p.node.is_empty()).then(|| p.node.clone()),
         result,
-        message,
+        started_after_ms,
+        threshold_ms: p.threshold_ms,
+        reason: started_after_ms
+            .is_none()
+            .then(|| t.reason.map_or("timeout", |(_, r)| r)),
     });
     let on_time_label = if on_time { "true" } else { "false" };
     match p.kind {

@@ -482,11 +482,12 @@ fn outcomes_for_the_status() {
                     time_ms,
                     node,
                     result,
-                    message,
+                    started_after_ms,
+                    reason,
                     ..
                 } = a
                 {
-                    found.push((kind, time_ms, node, result, message));
+                    found.push((kind, time_ms, node, result, started_after_ms, reason));
                 }
             }
         }
@@ -502,7 +503,8 @@ fn outcomes_for_the_status() {
             C + 2_500,
             Some("n1".to_owned()),
             "OnTime",
-            "started after 2.5s".to_owned()
+            Some(2_500),
+            None
         )]
     );
     assert_eq!(
@@ -530,12 +532,13 @@ fn outcomes_for_the_status() {
         (Observation::Tick, C + T),
     ]);
     assert_eq!(never.len(), 1, "decided once");
-    let (kind, time, node, result, message) = &never[0];
+    let (kind, time, node, result, started_after, reason) = &never[0];
     assert_eq!(*kind, ProbeKind::Provision);
     assert_eq!(*time, C + T);
     assert_eq!(*node, None, "never scheduled");
     assert_eq!(*result, "NotStarted");
-    assert!(message.contains("FailedScheduling"), "{message}");
+    assert_eq!(*started_after, None);
+    assert_eq!(*reason, Some("FailedScheduling"));
     // A probe of a node that became ineligible has no outcome.
     let mut ineligible = pod(ProbeKind::Mount);
     ineligible.node_eligible = false;

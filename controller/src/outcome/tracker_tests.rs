@@ -56,7 +56,9 @@ fn a_step_records_its_updates_and_returns_its_actions() {
                 time_ms: 71_000,
                 node: Some("n1".into()),
                 result: "Late",
-                message: "started after 70.0s, threshold 60.0s".into()
+                started_after_ms: Some(70_000),
+                threshold_ms: 60_000,
+                reason: None
             }
         ]
     );

@@ -15,7 +15,6 @@ use std::str::FromStr;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
 use kube::Resource;
-use serde::Serialize;
 use sha1::{Digest, Sha1};
 
 use crate::crd::PieProbe;
@@ -78,33 +77,200 @@ impl NodeEligibility {
     }
 }
 
-/// Everything one PieProbe should have in the cluster.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// One mount probe of a plan: its node and whether its CronJob is suspended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountProbe {
+    /// Node name.
+    pub node: String,
+    /// The node is ineligible: the CronJob exists but is suspended.
+    pub suspend: bool,
+}
+
+/// Everything one PieProbe should have in the cluster, decided but not built: objects are built
+/// only when asked for ([`Desired::build`]), so a steady-state reconcile that compares
+/// [`Desired::hash`] with the cached objects' annotation costs names and hashes, not objects.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Provision and mount CronJobs, in a stable order (provision first, then by node name).
-    pub cron_jobs: Vec<CronJob>,
-    /// Mount probe PVCs, by node name.
-    pub pvcs: Vec<PersistentVolumeClaim>,
+    probe: PieProbe,
+    config: Config,
+    provision: bool,
+    mounts: Vec<MountProbe>,
+    /// sha1 of everything the objects are built from except the node and suspend flag.
+    inputs: [u8; 20],
     /// Every selected node, by name, with its eligibility (empty when mount probes are disabled).
     pub nodes: Vec<NodeEligibility>,
 }
 
+/// One desired object: its name, its desired-hash, and how to build it.
+pub struct Desired<'a, K> {
+    /// Object name.
+    pub name: String,
+    /// The [`objects::ANNOTATION_DESIRED_HASH`] value: a hash of the inputs the object is built
+    /// from (the PieProbe's identity and spec, the controller config, the node and its suspend
+    /// flag, and the object-building code itself).
+    pub hash: String,
+    build: Box<dyn Fn() -> K + Send + Sync + 'a>,
+}
+
+impl<K> std::fmt::Debug for Desired<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Resource> Desired<'_, K> {
+    /// The full object, with its desired-hash annotation.
+    pub fn build(&self) -> K {
+        let mut object = (self.build)();
+        object
+            .meta_mut()
+            .annotations
+            .get_or_insert_default()
+            .insert(
+                objects::ANNOTATION_DESIRED_HASH.to_owned(),
+                self.hash.clone(),
+            );
+        object
+    }
+}
+
+/// The source of everything that shapes the objects: a change to it changes every hash, so an
+/// upgraded controller re-applies what it would now build differently.
+const OBJECT_CODE: [&str; 3] = [
+    env!("CARGO_PKG_VERSION"),
+    include_str!("objects.rs"),
+    include_str!("names.rs"),
+];
+
+fn inputs_hash(probe: &PieProbe, config: &Config) -> [u8; 20] {
+    let mut h = Sha1::new();
+    for code in OBJECT_CODE {
+        h.update(code.as_bytes());
+        h.update([0]);
+    }
+    let meta = probe.meta();
+    for part in [&meta.name, &meta.namespace, &meta.uid] {
+        h.update(part.as_deref().unwrap_or_default().as_bytes());
+        h.update([0]);
+    }
+    h.update(serde_json::to_vec(&probe.spec).unwrap_or_default());
+    h.update([0]);
+    h.update(format!("{config:?}").as_bytes());
+    h.finalize().into()
+}
+
 impl Plan {
+    fn hash(&self, kind: &str, mount: Option<&MountProbe>) -> String {
+        let mut h = Sha1::new();
+        h.update(self.inputs);
+        h.update(kind.as_bytes());
+        if let Some(m) = mount {
+            h.update([0]);
+            h.update(m.node.as_bytes());
+            h.update([0, u8::from(m.suspend)]);
+        }
+        hex(&h.finalize())
+    }
+
+    fn name(&self) -> &str {
+        self.probe.meta().name.as_deref().unwrap_or_default()
+    }
+
+    fn storage_class(&self) -> &str {
+        &self.probe.spec.monitoring_storage_class
+    }
+
+    /// The desired CronJobs, in a stable order (provision first, then by node name).
+    pub fn desired_cron_jobs(&self) -> impl Iterator<Item = Desired<'_, CronJob>> + '_ {
+        let provision = self.provision.then(|| Desired {
+            name: names::provision_cronjob(self.name(), self.storage_class()),
+            hash: self.hash("provision-cronjob", None),
+            build: Box::new(|| objects::provision_cron_job(&self.probe, &self.config)),
+        });
+        provision
+            .into_iter()
+            .chain(self.mounts.iter().map(move |m| Desired {
+                name: names::mount_cronjob(self.name(), &m.node, self.storage_class()),
+                hash: self.hash("mount-cronjob", Some(m)),
+                build: Box::new(move || {
+                    objects::mount_cron_job(&self.probe, &m.node, m.suspend, &self.config)
+                }),
+            }))
+    }
+
+    /// The desired mount probe PVCs, by node name.
+    pub fn desired_pvcs(&self) -> impl Iterator<Item = Desired<'_, PersistentVolumeClaim>> + '_ {
+        self.mounts.iter().map(move |m| Desired {
+            name: names::pvc(self.name(), &m.node, self.storage_class()),
+            // A PVC does not depend on the suspend flag.
+            hash: self.hash(
+                "mount-pvc",
+                Some(&MountProbe {
+                    node: m.node.clone(),
+                    suspend: false,
+                }),
+            ),
+            build: Box::new(move || objects::mount_pvc(&self.probe, &m.node)),
+        })
+    }
+
+    /// Every desired CronJob, built.
+    pub fn cron_jobs(&self) -> Vec<CronJob> {
+        self.desired_cron_jobs().map(|d| d.build()).collect()
+    }
+
+    /// Every desired PVC, built.
+    pub fn pvcs(&self) -> Vec<PersistentVolumeClaim> {
+        self.desired_pvcs().map(|d| d.build()).collect()
+    }
+
+    /// How many CronJobs the plan has.
+    pub fn cron_job_count(&self) -> usize {
+        usize::from(self.provision) + self.mounts.len()
+    }
+
+    /// How many PVCs the plan has.
+    pub fn pvc_count(&self) -> usize {
+        self.mounts.len()
+    }
+
+    /// The mount probes, by node name.
+    pub fn mounts(&self) -> &[MountProbe] {
+        &self.mounts
+    }
+
     /// Names of the desired CronJobs.
-    pub fn cron_job_names(&self) -> BTreeSet<&str> {
-        self.cron_jobs
+    pub fn cron_job_names(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .mounts
             .iter()
-            .filter_map(|c| c.metadata.name.as_deref())
-            .collect()
+            .map(|m| names::mount_cronjob(self.name(), &m.node, self.storage_class()))
+            .collect();
+        if self.provision {
+            names.insert(names::provision_cronjob(self.name(), self.storage_class()));
+        }
+        names
     }
 
     /// Names of the desired PVCs.
-    pub fn pvc_names(&self) -> BTreeSet<&str> {
-        self.pvcs
+    pub fn pvc_names(&self) -> BTreeSet<String> {
+        self.mounts
             .iter()
-            .filter_map(|p| p.metadata.name.as_deref())
+            .map(|m| names::pvc(self.name(), &m.node, self.storage_class()))
             .collect()
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// Checks what the CRD schema cannot: the probe threshold parses, is positive and is not longer
@@ -162,11 +328,14 @@ pub fn plan<N: Borrow<Node>>(
             spec.monitoring_storage_class.clone(),
         ));
     }
-    let mut plan = Plan::default();
-    if !spec.disable_provision_probe {
-        plan.cron_jobs
-            .push(objects::provision_cron_job(probe, config));
-    }
+    let mut plan = Plan {
+        probe: probe.clone(),
+        config: config.clone(),
+        provision: !spec.disable_provision_probe,
+        mounts: Vec::new(),
+        inputs: inputs_hash(probe, config),
+        nodes: Vec::new(),
+    };
     if spec.disable_mount_probes {
         return Ok(plan);
     }
@@ -179,18 +348,19 @@ pub fn plan<N: Borrow<Node>>(
         .collect();
     selected.sort_unstable_by_key(|(name, _)| *name);
     selected.dedup_by_key(|(name, _)| *name);
+    plan.mounts.reserve(selected.len());
+    plan.nodes.reserve(selected.len());
+    let pie_probe = probe.meta().name.clone().unwrap_or_default();
+    let namespace = probe.meta().namespace.clone().unwrap_or_default();
     for (name, node) in selected {
         let ineligible = eligibility::check(node, tolerations).err();
-        plan.pvcs.push(objects::mount_pvc(probe, name));
-        plan.cron_jobs.push(objects::mount_cron_job(
-            probe,
-            name,
-            ineligible.is_some(),
-            config,
-        ));
+        plan.mounts.push(MountProbe {
+            node: name.to_owned(),
+            suspend: ineligible.is_some(),
+        });
         plan.nodes.push(NodeEligibility {
-            pie_probe: probe.meta().name.clone().unwrap_or_default(),
-            namespace: probe.meta().namespace.clone().unwrap_or_default(),
+            pie_probe: pie_probe.clone(),
+            namespace: namespace.clone(),
             node: name.to_owned(),
             storage_class: spec.monitoring_storage_class.clone(),
             ineligible,
@@ -233,7 +403,7 @@ impl Existing {
 /// something else are never deleted. With a blocked plan nothing is deleted.
 pub fn stale<'a>(
     probe: &PieProbe,
-    desired: &BTreeSet<&str>,
+    desired: &BTreeSet<String>,
     existing: &'a [Existing],
 ) -> Vec<&'a Existing> {
     let Some(uid) = probe.meta().uid.as_deref() else {
@@ -243,32 +413,6 @@ pub fn stale<'a>(
         .iter()
         .filter(|e| e.controller_uid.as_deref() == Some(uid) && !desired.contains(e.name.as_str()))
         .collect()
-}
-
-/// Hex sha1 of an object's JSON: stored in [`objects::ANNOTATION_DESIRED_HASH`] so an object
-/// whose desired form did not change is not applied again.
-pub fn desired_hash<T: Serialize>(object: &T) -> String {
-    let json = serde_json::to_vec(object).unwrap_or_default();
-    Sha1::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Sets [`objects::ANNOTATION_DESIRED_HASH`] on a desired object (hash of the object without it).
-pub fn with_desired_hash<K: Resource + Serialize>(mut object: K) -> K {
-    object
-        .meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .remove(objects::ANNOTATION_DESIRED_HASH);
-    let hash = desired_hash(&object);
-    object
-        .meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert(objects::ANNOTATION_DESIRED_HASH.to_owned(), hash);
-    object
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ fn plans_provision_and_a_mount_probe_per_matching_node() {
         .build();
     let p = plan(&probe, &three_nodes(), true, &config()).unwrap();
     let names: Vec<_> = p
-        .cron_jobs
+        .cron_jobs()
         .iter()
         .map(|c| c.metadata.name.clone().unwrap())
         .collect();
@@ -73,7 +73,7 @@ fn plans_provision_and_a_mount_probe_per_matching_node() {
         ]
     );
     let pvcs: Vec<_> = p
-        .pvcs
+        .pvcs()
         .iter()
         .map(|c| c.metadata.name.clone().unwrap())
         .collect();
@@ -341,8 +341,8 @@ fn ineligible_nodes_keep_their_pvc_and_get_a_suspended_cron_job() {
             .build(),
     ];
     let p = plan(&probe, &nodes, true, &config()).unwrap();
-    assert_eq!(p.pvcs.len(), 4);
-    let suspended: Vec<_> = p.cron_jobs[1..]
+    assert_eq!(p.pvcs().len(), 4);
+    let suspended: Vec<_> = p.cron_jobs()[1..]
         .iter()
         .map(|c| c.spec.as_ref().unwrap().suspend)
         .collect();
@@ -383,9 +383,9 @@ fn disable_flags() {
         .spec(|s| s.disable_provision_probe = true)
         .build();
     let p = plan(&no_provision, &nodes, true, &config()).unwrap();
-    assert_eq!((p.cron_jobs.len(), p.pvcs.len()), (3, 3));
+    assert_eq!((p.cron_jobs().len(), p.pvcs().len()), (3, 3));
     assert!(
-        p.cron_jobs
+        p.cron_jobs()
             .iter()
             .all(|c| c.metadata.name.as_deref().unwrap().starts_with("mount-"))
     );
@@ -394,7 +394,10 @@ fn disable_flags() {
         .spec(|s| s.disable_mount_probes = true)
         .build();
     let p = plan(&no_mount, &nodes, true, &config()).unwrap();
-    assert_eq!((p.cron_jobs.len(), p.pvcs.len(), p.nodes.len()), (1, 0, 0));
+    assert_eq!(
+        (p.cron_jobs().len(), p.pvcs().len(), p.nodes.len()),
+        (1, 0, 0)
+    );
 
     let neither = PieProbeBuilder::new("p", "sc")
         .spec(|s| {
@@ -402,10 +405,12 @@ fn disable_flags() {
             s.disable_provision_probe = true;
         })
         .build();
+    let p = plan(&neither, &nodes, true, &config()).unwrap();
     assert_eq!(
-        plan(&neither, &nodes, true, &config()).unwrap(),
-        Plan::default()
+        (p.cron_job_count(), p.pvc_count(), p.nodes.len()),
+        (0, 0, 0)
     );
+    assert!(p.cron_job_names().is_empty() && p.pvc_names().is_empty());
 }
 
 #[test]
@@ -482,7 +487,7 @@ fn stale_objects_are_those_we_control_but_no_longer_want() {
         existing("someone-elses", Some("uid-other")),
         existing("orphan", None),
     ];
-    let desired = BTreeSet::from(["keep"]);
+    let desired = BTreeSet::from(["keep".to_owned()]);
     let stale: Vec<_> = stale(&probe, &desired, &objects)
         .into_iter()
         .map(|e| e.name.as_str())
@@ -491,17 +496,75 @@ fn stale_objects_are_those_we_control_but_no_longer_want() {
 }
 
 #[test]
-fn desired_hash_changes_with_content_only() {
-    let probe = PieProbeBuilder::new("p", "sc").build();
-    let a = with_desired_hash(objects::mount_cron_job(&probe, "n", false, &config()));
-    let again = with_desired_hash(a.clone());
-    assert_eq!(a, again, "re-hashing an annotated object is stable");
-    let suspended = with_desired_hash(objects::mount_cron_job(&probe, "n", true, &config()));
-    let hash = |c: &CronJob| {
-        c.metadata.annotations.as_ref().unwrap()[objects::ANNOTATION_DESIRED_HASH].clone()
+fn desired_hashes_change_with_what_shapes_the_object_only() {
+    let nodes = vec![NodeBuilder::new("a").build(), NodeBuilder::new("b").build()];
+    let hashes = |probe: &PieProbe, nodes: &[Node], config: &Config| {
+        let p = plan(probe, nodes, true, config).unwrap();
+        let mut h: Vec<(String, String)> = p
+            .desired_cron_jobs()
+            .map(|d| (d.name, d.hash))
+            .chain(p.desired_pvcs().map(|d| (d.name, d.hash)))
+            .collect();
+        h.sort();
+        h
     };
-    assert_ne!(hash(&a), hash(&suspended));
-    assert_eq!(hash(&a).len(), 40);
+    let probe = PieProbeBuilder::new("p", "sc").build();
+    let base = hashes(&probe, &nodes, &config());
+    assert_eq!(base.len(), 5);
+    assert!(base.iter().all(|(_, h)| h.len() == 40));
+    let distinct: BTreeSet<&String> = base.iter().map(|(_, h)| h).collect();
+    assert_eq!(distinct.len(), 5, "every object has its own hash");
+    assert_eq!(base, hashes(&probe, &nodes, &config()), "stable");
+
+    // What does not shape the objects changes nothing: the status, a node label.
+    let mut with_status = probe.clone();
+    with_status.status = Some(Default::default());
+    assert_eq!(base, hashes(&with_status, &nodes, &config()));
+    let mut relabelled = nodes.clone();
+    relabelled[0]
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("team".into(), "x".into());
+    assert_eq!(base, hashes(&probe, &relabelled, &config()));
+
+    // The spec, the controller config, the owner's UID and the suspend flag do.
+    let changed = |other: Vec<(String, String)>| {
+        base.iter()
+            .zip(&other)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0.clone())
+            .collect::<Vec<_>>()
+    };
+    let capacity = PieProbeBuilder::new("p", "sc")
+        .spec(|s| s.pvc_capacity = Quantity("200Mi".into()))
+        .build();
+    assert_eq!(changed(hashes(&capacity, &nodes, &config())).len(), 5);
+    let mut image = config();
+    image.agent_image = "other".into();
+    assert_eq!(changed(hashes(&probe, &nodes, &image)).len(), 5);
+    let mut recreated = probe.clone();
+    recreated.metadata.uid = Some("another-uid".into());
+    assert_eq!(changed(hashes(&recreated, &nodes, &config())).len(), 5);
+    let cordoned = vec![
+        NodeBuilder::new("a").unschedulable().build(),
+        NodeBuilder::new("b").build(),
+    ];
+    assert_eq!(
+        changed(hashes(&probe, &cordoned, &config())),
+        [names::mount_cronjob("p", "a", "sc")],
+        "only a's CronJob (suspended); its PVC stays"
+    );
+
+    // The built object carries its hash.
+    let p = plan(&probe, &nodes, true, &config()).unwrap();
+    let d = p.desired_cron_jobs().nth(1).unwrap();
+    let built = d.build();
+    assert_eq!(
+        built.metadata.annotations.as_ref().unwrap()[objects::ANNOTATION_DESIRED_HASH],
+        d.hash
+    );
+    assert_eq!(built.metadata.name.as_deref(), Some(d.name.as_str()));
 }
 
 #[test]

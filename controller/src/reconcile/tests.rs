@@ -212,17 +212,11 @@ fn converged(probe: &PieProbe, nodes: &[Node]) -> (Caches, Stores, PieProbe) {
     add(&mut caches.storage_classes, storage_class("standard"));
     let planned = plan::plan(probe, nodes, true, &config());
     let p = planned.clone().unwrap();
-    for cj in p.cron_jobs {
-        add(
-            &mut caches.cron_jobs,
-            cached(&plan::with_desired_hash(cj), "10"),
-        );
+    for cj in p.cron_jobs() {
+        add(&mut caches.cron_jobs, cached(&cj, "10"));
     }
-    for pvc in p.pvcs {
-        add(
-            &mut caches.pvcs,
-            cached(&plan::with_desired_hash(pvc), "11"),
-        );
+    for pvc in p.pvcs() {
+        add(&mut caches.pvcs, cached(&pvc, "11"));
     }
     let mut probe = probe.clone();
     probe.status = Some(status::desired(&probe, &planned, &Time(Timestamp::now())));
