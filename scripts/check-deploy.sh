@@ -42,7 +42,7 @@ for out in "$tmp"/deploy_overlays_*.yaml "$tmp/deploy_examples_kind.yaml"; do
 done
 
 python3 scripts/lib/check_manifests.py "${rendered[@]}" \
-  deploy/samples/*.yaml deploy/examples/kind/pieprobe.yaml \
+  deploy/samples/*.yaml deploy/examples/kind/pieprobe.yaml deploy/examples/kind/broken.yaml \
   deploy/alerts/vmrule.yaml deploy/alerts/prometheusrule.yaml
 
 echo "check-deploy: Dockerfile"

@@ -94,4 +94,18 @@ if has_series 'ALERTS{alertstate="firing",severity=~"critical|warning"}'; then
   curl -fsS http://127.0.0.1:18428/api/v1/query --data-urlencode 'query=ALERTS{alertstate="firing"}' >&2
   exit 1
 fi
+
+log "a broken StorageClass: provision probes never start, are counted late with a reason, and alert"
+kubectl apply -f deploy/examples/kind/broken.yaml
+broken='cluster="kind",storage_class="pie-e2e-broken"'
+wait_for 300 has_series "pie_provision_probe_total{$broken,on_time=\"false\"} > 0"
+wait_for 300 has_series "pie_probe_failures_total{$broken,probe=\"provision\",reason=~\"FailedScheduling|ProvisioningFailed|timeout\"} > 0"
+wait_for 300 sh -c "kubectl -n pie get pieprobe kind-broken -o jsonpath='{.status.lastProvisionOutcome.result}' | grep -qx NotStarted"
+# Two late probes in 30 minutes, then for: 5m.
+wait_for 900 has_series "ALERTS{alertname=\"PieProvisionProbeFailing\",alertstate=\"firing\",$broken}"
+if has_series 'ALERTS{alertstate="firing",severity=~"critical|warning",storage_class="standard"}'; then
+  log "alerts fire for the healthy StorageClass:"
+  curl -fsS http://127.0.0.1:18428/api/v1/query --data-urlencode 'query=ALERTS{alertstate="firing"}' >&2
+  exit 1
+fi
 log "ok"
