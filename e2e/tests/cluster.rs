@@ -124,6 +124,11 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         },
         health.clone(),
         Handles::default(),
+        // Outcomes are recorded into a store; nothing is pushed in this test.
+        pie_controller::push::Pusher::with_client(
+            Arc::new(pie_controller::store::Store::new()),
+            None,
+        ),
     ));
 
     let probes: Api<PieProbe> = Api::namespaced(client.clone(), &ns);
