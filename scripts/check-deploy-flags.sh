@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that every flag and PIE_* variable the manifests give pie-controller exists in
-# `pie-controller run --help`, so deploy/ cannot drift from the CLI.
+# `pie-controller run --help`, so deploy/ cannot drift from the CLI, and that the remote-write
+# buffer directory is on a writable volume (the root filesystem is read-only).
 # Usage: scripts/check-deploy-flags.sh [path/to/pie-controller]   (default: builds target/debug)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ help_text = os.environ["HELP"]
 flags = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
 envs = set(re.findall(r"env: (PIE_[A-Z0-9_]+)", help_text))
 missing = set()
+unmounted = set()
 for path in sys.argv[1:]:
     for obj in yaml.safe_load_all(open(path)):
         if not obj or obj.get("kind") != "Deployment" or obj["metadata"]["name"] != "pie-controller":
@@ -33,8 +35,17 @@ for path in sys.argv[1:]:
             for env in c.get("env", []):
                 if env["name"].startswith("PIE_") and env["name"] not in envs:
                     missing.add(f"env {env['name']} ({os.path.basename(path)})")
+            # The root filesystem is read-only: the buffer directory must be on a writable mount.
+            buffer_dirs = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--remote-write-buffer-dir=")]
+            buffer_dirs += [e["value"] for e in c.get("env", []) if e["name"] == "PIE_REMOTE_WRITE_BUFFER_DIR" and "value" in e]
+            mounts = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
+            for d in buffer_dirs:
+                if not any(d == m["mountPath"] or d.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+                    unmounted.add(f"--remote-write-buffer-dir {d} is on no writable volume mount ({os.path.basename(path)})")
 for m in sorted(missing):
     print("FAIL pie-controller run does not know", m)
-print(f"check-deploy-flags: {len(missing)} unknown")
-sys.exit(1 if missing else 0)
+for m in sorted(unmounted):
+    print("FAIL", m)
+print(f"check-deploy-flags: {len(missing)} unknown, {len(unmounted)} buffer directories not mounted")
+sys.exit(1 if missing or unmounted else 0)
 PY

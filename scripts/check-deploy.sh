@@ -31,6 +31,39 @@ for dir in deploy deploy/overlays/* deploy/monitoring deploy/grafana deploy/aler
   rendered+=("$out")
 done
 
+# Components (deploy/components/*) are rendered on top of the vm-single overlay, as a user's
+# overlay would include them.
+for comp in deploy/components/*/; do
+  comp=${comp%/}
+  name=$(basename "$comp")
+  overlay="$tmp/with-$name"
+  mkdir -p "$overlay"
+  rel=$(realpath --relative-to="$overlay" "$PWD")
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- %s/deploy/overlays/vm-single\ncomponents:\n- %s/%s\n' \
+    "$rel" "$rel" "$comp" >"$overlay/kustomization.yaml"
+  out="$tmp/deploy_overlays_vm-single+$name.yaml"
+  echo "check-deploy: kubectl kustomize deploy/overlays/vm-single + $comp"
+  kubectl kustomize "$overlay" >"$out"
+  rendered+=("$out")
+done
+python3 - "$tmp/deploy_overlays_vm-single+remote-write-buffer-pvc.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pie-controller")
+spec = dep["spec"]
+vols = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+buf = vols.get("remote-write-buffer", {})
+errors = []
+if "emptyDir" in buf or buf.get("persistentVolumeClaim", {}).get("claimName") not in pvcs:
+    errors.append("the buffer volume is not the component's PersistentVolumeClaim")
+if spec.get("replicas") != 1 or spec.get("strategy") != {"type": "Recreate"}:
+    errors.append("a ReadWriteOnce buffer needs replicas: 1 and the Recreate strategy")
+for e in errors:
+    print("check-deploy: remote-write-buffer-pvc:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+
 # The base leaves the two required values as placeholders; no overlay or example may.
 if ! grep -q 'CHANGE-ME' "$tmp/deploy.yaml"; then
   echo "check-deploy: the base should carry the CHANGE-ME placeholders" >&2; exit 1

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pie_agent::cli::parse_duration;
-use remote_write::{Auth, BatchConfig, Client, ClientConfig, ConfigError, EndpointConfig, Series};
+use remote_write::{
+    Auth, BatchConfig, Client, ClientConfig, ConfigError, EndpointConfig, Fsync, Series,
+};
 use tracing::{info, warn};
 
 use crate::store::{self, Point, Store, StoreError, Update};
@@ -89,6 +91,110 @@ pub struct PushArgs {
         default_value_t = 100_000
     )]
     pub remote_write_queue_capacity: usize,
+    /// Keep what cannot be delivered in time, and what is pending at shutdown, on disk under
+    /// this directory (one subdirectory per remote-write URL) and replay it after a restart.
+    /// Off unless given: then what does not fit in the queue is dropped.
+    #[arg(
+        long,
+        env = "PIE_REMOTE_WRITE_BUFFER_DIR",
+        requires = "remote_write_urls"
+    )]
+    pub remote_write_buffer_dir: Option<PathBuf>,
+    /// With --remote-write-buffer-dir: the most each URL's buffer may hold on disk, in bytes or
+    /// with a unit (Ki, Mi, Gi, Ti or k, M, G, T; at least 8Ki). Beyond it the oldest data is
+    /// deleted and counted as dropped (reason `buffer_full`).
+    #[arg(
+        long,
+        env = "PIE_REMOTE_WRITE_BUFFER_MAX_BYTES",
+        default_value = "256Mi",
+        value_parser = parse_buffer_max_bytes,
+        requires = "remote_write_buffer_dir"
+    )]
+    pub remote_write_buffer_max_bytes: u64,
+    /// With --remote-write-buffer-dir: when buffer writes are synced to the disk: after every
+    /// batch and acknowledgement (survives a power loss), or never explicitly (survives a
+    /// killed controller, not a power loss).
+    #[arg(
+        long,
+        env = "PIE_REMOTE_WRITE_BUFFER_FSYNC",
+        value_enum,
+        default_value_t = BufferFsync::EveryBatch,
+        requires = "remote_write_buffer_dir"
+    )]
+    pub remote_write_buffer_fsync: BufferFsync,
+}
+
+/// `--remote-write-buffer-fsync`: the user-facing names of [`Fsync`]. (Plain comments on the
+/// variants: doc comments would become per-value help and switch `--help` to its long layout.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BufferFsync {
+    // After every batch written, every acknowledgement and every new segment: survives a
+    // power loss.
+    EveryBatch,
+    // Left to the kernel: survives a killed controller, not a power loss or kernel crash.
+    Never,
+}
+
+impl From<BufferFsync> for Fsync {
+    fn from(value: BufferFsync) -> Fsync {
+        match value {
+            BufferFsync::EveryBatch => Fsync::EveryBatch,
+            BufferFsync::Never => Fsync::Never,
+        }
+    }
+}
+
+/// The smallest `--remote-write-buffer-max-bytes`: two segments of the smallest size.
+pub const MIN_BUFFER_MAX_BYTES: u64 = 8 * 1024;
+
+/// The largest buffer segment file (the library's default).
+const MAX_BUFFER_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The segment size for a buffer cap: a sixteenth of it, between 4 KiB and 8 MiB. The cap
+/// deletes whole segments, so this keeps what one drop loses small against the cap.
+pub fn buffer_segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(MIN_BUFFER_MAX_BYTES / 2, MAX_BUFFER_SEGMENT_BYTES)
+}
+
+/// Parses a byte size: a whole number, optionally followed by `Ki`, `Mi`, `Gi`, `Ti` (powers
+/// of 1024; `KiB` etc. too) or `k`, `K`, `M`, `G`, `T` (powers of 1000; `kB` etc. too), as in
+/// Kubernetes quantities.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a size: give bytes, or a number with Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), e.g. 256Mi"
+        )
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim_start();
+    let unit = unit.strip_suffix('B').unwrap_or(unit);
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_buffer_max_bytes(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if n < MIN_BUFFER_MAX_BYTES {
+        return Err(format!(
+            "{s:?} is too small: the buffer needs at least 8Ki ({MIN_BUFFER_MAX_BYTES} bytes)"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -139,6 +245,10 @@ impl PushArgs {
             },
             queue_capacity: self.remote_write_queue_capacity,
             user_agent: concat!("pie-controller/", env!("CARGO_PKG_VERSION")).to_owned(),
+            buffer_dir: self.remote_write_buffer_dir.clone(),
+            buffer_max_bytes: self.remote_write_buffer_max_bytes,
+            buffer_segment_bytes: buffer_segment_bytes(self.remote_write_buffer_max_bytes),
+            buffer_fsync: self.remote_write_buffer_fsync.into(),
             ..ClientConfig::default()
         })
     }
@@ -224,12 +334,17 @@ impl Pusher {
         stale.len()
     }
 
-    /// Copies the remote-write client's self-metrics into the store (nothing is pushed).
+    /// Copies the remote-write client's self-metrics (with its disk buffer's, when it has
+    /// one) into the store (nothing is pushed).
     pub fn refresh_self_metrics(&self) {
         if let Some(client) = &self.client {
-            let (_, errors) = self
-                .store
-                .apply(store::remote_write_updates(&client.stats(), now_ms()));
+            let stats = client.stats();
+            let now = now_ms();
+            let mut updates = store::remote_write_updates(&stats, now);
+            if client.has_buffer() {
+                updates.extend(store::buffer_updates(&stats, now));
+            }
+            let (_, errors) = self.store.apply(updates);
             for e in errors {
                 warn!(error = %e, "remote-write self-metric rejected");
             }
@@ -326,6 +441,248 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--external-label", "nolabel"]).is_err());
         assert!(Cli::try_parse_from(["x", "--push-interval", "0s"]).is_err());
         assert!(Cli::try_parse_from(["x", "--remote-write-username", "u"]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_as_kubernetes_quantities() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("8192", 8192),
+            ("256Mi", 256 << 20),
+            ("256MiB", 256 << 20),
+            ("1Gi", 1 << 30),
+            ("2Ti", 2 << 40),
+            ("64Ki", 64 << 10),
+            ("1G", 1_000_000_000),
+            ("1GB", 1_000_000_000),
+            ("500M", 500_000_000),
+            ("10k", 10_000),
+            ("10K", 10_000),
+            (" 3 Mi ", 3 << 20),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text:?}");
+        }
+        for bad in [
+            "", "Mi", "1.5Gi", "-1", "1mi", "1 X", "1Pi", "1GiBB", "0x10",
+        ] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(
+                e.contains("is not a size") && !e.contains('\n'),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(
+            parse_bytes("99999999999Ti")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn segments_are_a_sixteenth_of_the_cap_within_bounds() {
+        assert_eq!(buffer_segment_bytes(MIN_BUFFER_MAX_BYTES), 4096);
+        assert_eq!(buffer_segment_bytes(64 << 10), 4096);
+        assert_eq!(buffer_segment_bytes(16 << 20), 1 << 20);
+        assert_eq!(buffer_segment_bytes(256 << 20), 8 << 20);
+        assert_eq!(buffer_segment_bytes(10 << 30), 8 << 20);
+        // What the library requires: at least 4 KiB, and the cap at least two segments.
+        for max in [MIN_BUFFER_MAX_BYTES, 12345, 1 << 20, 256 << 20, u64::MAX] {
+            let seg = buffer_segment_bytes(max);
+            assert!(seg >= 4096 && max >= 2 * seg, "{max}: {seg}");
+        }
+    }
+
+    #[test]
+    fn buffer_flags_build_the_client_config() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--remote-write-url",
+            "http://a/api/v1/write",
+            "--remote-write-buffer-dir",
+            "/var/lib/pie/buffer",
+            "--remote-write-buffer-max-bytes",
+            "1Gi",
+            "--remote-write-buffer-fsync",
+            "never",
+        ])
+        .unwrap();
+        let config = cli.push.client_config().unwrap();
+        assert_eq!(
+            config.buffer_dir,
+            Some(PathBuf::from("/var/lib/pie/buffer"))
+        );
+        assert_eq!(config.buffer_max_bytes, 1 << 30);
+        assert_eq!(config.buffer_segment_bytes, 8 << 20);
+        assert_eq!(config.buffer_fsync, Fsync::Never);
+
+        let defaults = Cli::try_parse_from([
+            "x",
+            "--remote-write-url",
+            "http://a/api/v1/write",
+            "--remote-write-buffer-dir",
+            "/b",
+        ])
+        .unwrap()
+        .push
+        .client_config()
+        .unwrap();
+        assert_eq!(defaults.buffer_max_bytes, 256 << 20);
+        assert_eq!(defaults.buffer_segment_bytes, 8 << 20);
+        assert_eq!(defaults.buffer_fsync, Fsync::EveryBatch);
+
+        let none = Cli::try_parse_from(["x", "--remote-write-url", "http://a/api/v1/write"])
+            .unwrap()
+            .push
+            .client_config()
+            .unwrap();
+        assert_eq!(none.buffer_dir, None);
+    }
+
+    #[test]
+    fn bad_buffer_flags_are_one_line_errors() {
+        let url = [
+            "x",
+            "--remote-write-url",
+            "http://a/",
+            "--remote-write-buffer-dir",
+            "/b",
+        ];
+        for (extra, want) in [
+            (
+                &["--remote-write-buffer-max-bytes", "4Ki"][..],
+                "at least 8Ki",
+            ),
+            (
+                &["--remote-write-buffer-max-bytes", "lots"],
+                "is not a size",
+            ),
+            (&["--remote-write-buffer-fsync", "always"], "'always'"),
+        ] {
+            let mut args = url.to_vec();
+            args.extend_from_slice(extra);
+            let e = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra:?}: {e}");
+            assert!(e.lines().next().unwrap().contains(want), "{extra:?}: {e}");
+        }
+        // The buffer settings need a buffer, and a buffer needs somewhere to send it.
+        for args in [
+            &["x", "--remote-write-buffer-dir", "/b"][..],
+            &[
+                "x",
+                "--remote-write-url",
+                "http://a/",
+                "--remote-write-buffer-max-bytes",
+                "1Gi",
+            ],
+            &[
+                "x",
+                "--remote-write-url",
+                "http://a/",
+                "--remote-write-buffer-fsync",
+                "never",
+            ],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{args:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_buffer_flag_has_its_env_var() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        for (id, env) in [
+            ("remote_write_buffer_dir", "PIE_REMOTE_WRITE_BUFFER_DIR"),
+            (
+                "remote_write_buffer_max_bytes",
+                "PIE_REMOTE_WRITE_BUFFER_MAX_BYTES",
+            ),
+            ("remote_write_buffer_fsync", "PIE_REMOTE_WRITE_BUFFER_FSYNC"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no {id}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_buffered_client_exports_the_buffer_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = dir.path().join("buffer");
+        let args = |with_buffer: bool| {
+            let mut argv = vec![
+                "x".to_owned(),
+                "--remote-write-url".into(),
+                // Nothing listens on port 1.
+                "http://127.0.0.1:1/api/v1/write".into(),
+            ];
+            if with_buffer {
+                argv.extend([
+                    "--remote-write-buffer-dir".into(),
+                    buffer.display().to_string(),
+                ]);
+            }
+            Cli::try_parse_from(argv).unwrap().push
+        };
+        let store = Arc::new(Store::new());
+        let pusher = Pusher::new(&args(true), store.clone()).unwrap();
+        assert!(pusher.client().unwrap().has_buffer());
+        assert_eq!(
+            std::fs::read_dir(&buffer).unwrap().count(),
+            1,
+            "one subdirectory for the one URL"
+        );
+        pusher.refresh_self_metrics();
+        let url = "http://127.0.0.1:1/api/v1/write";
+        assert_eq!(
+            store.get(&store::RW_BUFFER_BYTES, &[url]),
+            Some(store::Value::Scalar(0.0))
+        );
+        assert_eq!(
+            store.get(&store::RW_DROPPED_TOTAL, &[url, store::BUFFER_FULL]),
+            Some(store::Value::Scalar(0.0))
+        );
+        // A second client on the same directory is refused, in one line.
+        let e = Pusher::new(&args(true), Arc::new(Store::new())).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("in use") && !text.contains('\n'), "{text}");
+
+        let plain_store = Arc::new(Store::new());
+        let plain = Pusher::new(&args(false), plain_store.clone()).unwrap();
+        assert!(!plain.client().unwrap().has_buffer());
+        plain.refresh_self_metrics();
+        assert_eq!(plain_store.get(&store::RW_BUFFER_BYTES, &[url]), None);
+        assert!(plain_store.get(&store::RW_SAMPLES_TOTAL, &[url]).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_buffer_dir_is_a_one_line_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let args = Cli::try_parse_from([
+            "x",
+            "--remote-write-url",
+            "http://127.0.0.1:1/api/v1/write",
+            "--remote-write-buffer-dir",
+            file.to_str().unwrap(),
+        ])
+        .unwrap()
+        .push;
+        let e = Pusher::new(&args, Arc::new(Store::new())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, ConfigError::Buffer { .. })
+                && text.contains("not-a-dir")
+                && !text.contains('\n'),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -62,9 +62,10 @@ pub enum ReceiveError {
     /// The token file cannot be used.
     #[error("--auth-token-file: {0}")]
     TokenFile(#[from] TokenFileError),
-    /// The remote-write settings are invalid.
+    /// The remote-write settings are invalid, or the disk buffer cannot be used. (Not a
+    /// `source`: the message already holds it, and `anyhow` would print it twice.)
     #[error("remote write: {0}")]
-    RemoteWrite(#[from] remote_write::ConfigError),
+    RemoteWrite(remote_write::ConfigError),
     /// A listener cannot be bound or failed.
     #[error("{what} {addr}: {source}")]
     Io {
@@ -75,6 +76,12 @@ pub enum ReceiveError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl From<remote_write::ConfigError> for ReceiveError {
+    fn from(e: remote_write::ConfigError) -> ReceiveError {
+        ReceiveError::RemoteWrite(e)
+    }
 }
 
 fn addr(flag: &'static str, value: &str) -> Result<SocketAddr, ReceiveError> {
@@ -217,6 +224,31 @@ mod tests {
             authenticator(&missing, any),
             Err(ReceiveError::TokenFile(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_buffer_dir_stops_receive_with_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let args = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--remote-write-url",
+            "http://127.0.0.1:1/api/v1/write",
+            "--remote-write-buffer-dir",
+            file.to_str().unwrap(),
+        ]);
+        let err = run(args, async {}).await.unwrap_err();
+        assert!(matches!(err, ReceiveError::RemoteWrite(_)), "{err:?}");
+        // main prints it with anyhow, which adds every `source` as a "Caused by" line.
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.starts_with("remote write: remote-write buffer ") && text.contains("file"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

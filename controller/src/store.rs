@@ -266,8 +266,75 @@ family!(
     "Remote-write request durations."
 );
 
+family!(
+    RW_BUFFER_BYTES,
+    "pie_remote_write_buffer_bytes",
+    Gauge,
+    &["url"],
+    "Bytes of the disk buffer's segment files."
+);
+family!(
+    RW_BUFFER_RECORDS,
+    "pie_remote_write_buffer_records",
+    Gauge,
+    &["url"],
+    "Requests waiting in the disk buffer."
+);
+family!(
+    RW_BUFFER_SAMPLES,
+    "pie_remote_write_buffer_samples",
+    Gauge,
+    &["url"],
+    "Samples waiting in the disk buffer."
+);
+family!(
+    RW_BUFFER_WRITTEN_TOTAL,
+    "pie_remote_write_buffer_records_written_total",
+    Counter,
+    &["url"],
+    "Requests written to the disk buffer."
+);
+family!(
+    RW_BUFFER_REPLAYED_TOTAL,
+    "pie_remote_write_buffer_records_replayed_total",
+    Counter,
+    &["url"],
+    "Requests read back from the disk buffer and acknowledged by the endpoint."
+);
+family!(
+    RW_BUFFER_DROPPED_TOTAL,
+    "pie_remote_write_buffer_records_dropped_total",
+    Counter,
+    &["url"],
+    "Requests deleted unsent because the disk buffer reached its size cap."
+);
+family!(
+    RW_BUFFER_CORRUPTED_TOTAL,
+    "pie_remote_write_buffer_records_corrupted_total",
+    Counter,
+    &["url"],
+    "Damaged spans of the disk buffer skipped (a crash mid-write, a failed checksum)."
+);
+family!(
+    RW_BUFFER_FILES_IGNORED_TOTAL,
+    "pie_remote_write_buffer_files_ignored_total",
+    Counter,
+    &["url"],
+    "Foreign, unreadable or empty files found in the disk buffer directory."
+);
+family!(
+    RW_BUFFER_WRITE_ERRORS_TOTAL,
+    "pie_remote_write_buffer_write_errors_total",
+    Counter,
+    &["url"],
+    "Requests that could not be written to the disk buffer (kept in memory)."
+);
+
+/// The `reason` of [`RW_DROPPED_TOTAL`] for samples the disk buffer's size cap deleted.
+pub const BUFFER_FULL: &str = "buffer_full";
+
 /// Every family, in exposition order.
-pub static FAMILIES: [&Family; 29] = [
+pub static FAMILIES: [&Family; 38] = [
     &WRITE_LATENCY,
     &READ_LATENCY,
     &PERFORMANCE_TOTAL,
@@ -297,6 +364,15 @@ pub static FAMILIES: [&Family; 29] = [
     &RW_PENDING,
     &RW_LAST_SUCCESS,
     &RW_SEND_DURATION,
+    &RW_BUFFER_BYTES,
+    &RW_BUFFER_RECORDS,
+    &RW_BUFFER_SAMPLES,
+    &RW_BUFFER_WRITTEN_TOTAL,
+    &RW_BUFFER_REPLAYED_TOTAL,
+    &RW_BUFFER_DROPPED_TOTAL,
+    &RW_BUFFER_CORRUPTED_TOTAL,
+    &RW_BUFFER_FILES_IGNORED_TOTAL,
+    &RW_BUFFER_WRITE_ERRORS_TOTAL,
 ];
 
 /// What an [`Update`] does to its series.
@@ -751,6 +827,37 @@ pub fn remote_write_updates(stats: &[EndpointStatsSnapshot], now_ms: i64) -> Vec
     out
 }
 
+/// The disk buffers' self-metrics as updates (absolute values), for a client that has them.
+/// Samples deleted by the size cap join the other drops as
+/// `pie_remote_write_samples_dropped_total{reason="buffer_full"}`.
+pub fn buffer_updates(stats: &[EndpointStatsSnapshot], now_ms: i64) -> Vec<Update> {
+    let mut out = Vec::new();
+    for s in stats {
+        let b = &s.buffer;
+        let url = || vec![s.url.clone()];
+        for (family, n) in [
+            (&RW_BUFFER_BYTES, b.bytes),
+            (&RW_BUFFER_RECORDS, b.records),
+            (&RW_BUFFER_SAMPLES, b.samples),
+            (&RW_BUFFER_WRITTEN_TOTAL, b.records_written),
+            (&RW_BUFFER_REPLAYED_TOTAL, b.records_replayed),
+            (&RW_BUFFER_DROPPED_TOTAL, b.records_dropped),
+            (&RW_BUFFER_CORRUPTED_TOTAL, b.records_corrupted),
+            (&RW_BUFFER_FILES_IGNORED_TOTAL, b.files_ignored),
+            (&RW_BUFFER_WRITE_ERRORS_TOTAL, b.write_errors),
+        ] {
+            out.push(Update::new(family, url(), Op::Set(n as f64), now_ms));
+        }
+        out.push(Update::new(
+            &RW_DROPPED_TOTAL,
+            [s.url.clone(), BUFFER_FULL.to_owned()],
+            Op::Set(b.samples_dropped as f64),
+            now_ms,
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -960,5 +1067,64 @@ mod tests {
         assert_eq!(counts[4], 1, "0.1 bucket");
         assert_eq!(counts[counts.len() - 1], 1, "+Inf bucket");
         assert_eq!(sum, 40.1);
+    }
+
+    #[tokio::test]
+    async fn buffer_stats_become_absolute_values_and_cap_drops_a_reason() {
+        let client = remote_write::Client::new(remote_write::ClientConfig {
+            endpoints: vec![remote_write::EndpointConfig::new("http://vm/api/v1/write")],
+            ..remote_write::ClientConfig::default()
+        })
+        .unwrap();
+        let stats = EndpointStatsSnapshot {
+            buffer: remote_write::BufferStats {
+                bytes: 4096,
+                records: 3,
+                samples: 30,
+                records_written: 10,
+                records_replayed: 7,
+                records_dropped: 2,
+                samples_dropped: 20,
+                records_corrupted: 1,
+                files_ignored: 4,
+                write_errors: 5,
+            },
+            ..client.stats().remove(0)
+        };
+        let store = Store::new();
+        let mut updates = remote_write_updates(std::slice::from_ref(&stats), 1);
+        updates.extend(buffer_updates(std::slice::from_ref(&stats), 1));
+        let (_, errors) = store.apply(updates);
+        assert!(errors.is_empty(), "{errors:?}");
+        let url = "http://vm/api/v1/write";
+        let get = |f: &'static Family, l: &[&str]| match store.get(f, l) {
+            Some(Value::Scalar(v)) => v,
+            other => panic!("{}: {other:?}", f.name),
+        };
+        assert_eq!(get(&RW_BUFFER_BYTES, &[url]), 4096.0);
+        assert_eq!(get(&RW_BUFFER_RECORDS, &[url]), 3.0);
+        assert_eq!(get(&RW_BUFFER_SAMPLES, &[url]), 30.0);
+        assert_eq!(get(&RW_BUFFER_WRITTEN_TOTAL, &[url]), 10.0);
+        assert_eq!(get(&RW_BUFFER_REPLAYED_TOTAL, &[url]), 7.0);
+        assert_eq!(get(&RW_BUFFER_DROPPED_TOTAL, &[url]), 2.0);
+        assert_eq!(get(&RW_BUFFER_CORRUPTED_TOTAL, &[url]), 1.0);
+        assert_eq!(get(&RW_BUFFER_FILES_IGNORED_TOTAL, &[url]), 4.0);
+        assert_eq!(get(&RW_BUFFER_WRITE_ERRORS_TOTAL, &[url]), 5.0);
+        assert_eq!(get(&RW_DROPPED_TOTAL, &[url, BUFFER_FULL]), 20.0);
+        assert_eq!(get(&RW_DROPPED_TOTAL, &[url, "queue_full"]), 0.0);
+        // A later snapshot replaces the values (gauges go down, counters are mirrored).
+        let later = EndpointStatsSnapshot {
+            buffer: remote_write::BufferStats {
+                bytes: 0,
+                records: 0,
+                samples: 0,
+                records_replayed: 10,
+                ..stats.buffer
+            },
+            ..stats
+        };
+        store.apply(buffer_updates(&[later], 2));
+        assert_eq!(get(&RW_BUFFER_BYTES, &[url]), 0.0);
+        assert_eq!(get(&RW_BUFFER_REPLAYED_TOTAL, &[url]), 10.0);
     }
 }

@@ -136,6 +136,30 @@ impl Process {
         }
     }
 
+    /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it to exit, then kills
+    /// it. Returns whether it exited by itself in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Polls `url` until it answers 200, panicking with the log tail after `timeout`.
     pub async fn wait_ready(&mut self, url: &str, timeout: Duration) {
         let client = http_client();
@@ -292,6 +316,35 @@ impl VictoriaMetrics {
         self.process.stop();
         self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
         self.wait_ready().await;
+    }
+
+    /// Stops VictoriaMetrics cleanly (SIGTERM, so everything it acknowledged is on disk;
+    /// SIGKILL after 30 s) and starts it again on the same port and data directory. Returns
+    /// how long it was not listening.
+    pub async fn restart_gracefully(&mut self) -> Duration {
+        let down = Instant::now();
+        let clean = self.process.terminate(Duration::from_secs(30));
+        assert!(
+            clean,
+            "victoria-metrics did not stop within 30 s of SIGTERM"
+        );
+        self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
+        self.wait_ready().await;
+        down.elapsed()
+    }
+
+    /// Imports samples in the Prometheus text format with millisecond timestamps
+    /// (`name{labels} value timestamp_ms` lines) through `/api/v1/import/prometheus`.
+    pub async fn import_prometheus(&self, text: &str) {
+        let url = format!("{}/api/v1/import/prometheus", self.base_url());
+        let resp = http_client()
+            .post(&url)
+            .body(text.to_owned())
+            .send()
+            .await
+            .expect("import request");
+        let status = resp.status();
+        assert!(status.is_success(), "import: {status}");
     }
 
     /// Makes recently ingested samples searchable at once.
@@ -888,4 +941,92 @@ fn now_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition, where `labels` are
+/// all of the series' labels (in any order).
+pub fn scrape_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (n, rest) = key.split_once('{').unwrap_or((key, "}"));
+            if n != name {
+                return None;
+            }
+            let inner = rest.strip_suffix('}')?;
+            let mut got: Vec<(&str, &str)> = if inner.is_empty() {
+                Vec::new()
+            } else {
+                inner
+                    .split("\",")
+                    .map(|pair| {
+                        let (k, v) = pair.split_once("=\"").unwrap_or((pair, ""));
+                        (k, v.trim_end_matches('"'))
+                    })
+                    .collect()
+            };
+            got.sort_unstable();
+            let mut want = labels.to_vec();
+            want.sort_unstable();
+            (got == want).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// The resident set size of process `pid` in bytes (Linux `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The total size in bytes of the regular files under `dir` (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Builds the `pie-controller` binary (debug) into `target` (the tests' own target
+/// directory, `<target>/<profile>/deps/<test>` three levels up from the test binary) and
+/// returns its path.
+pub fn build_pie_controller(target: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "pie-controller", "--bin", "pie-controller"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of pie-controller failed");
+    target.join("debug").join("pie-controller")
+}
+
+/// A successful mount-probe result as `pie-agent` posts it, with every fio extra set from
+/// `value` (so each result is recognisable in VictoriaMetrics by its values).
+pub fn probe_result_json(probe: &str, node: &str, storage_class: &str, value: f64) -> String {
+    serde_json::json!({
+        "pie_probe_name": probe,
+        "node": node,
+        "storage_class": storage_class,
+        "write_latency": value,
+        "read_latency": value,
+        "performance_probe_succeed": true,
+        "read_iops": value,
+        "write_iops": value,
+        "read_bytes_per_second": value,
+        "write_bytes_per_second": value,
+        "read_latency_p99": value,
+        "write_latency_p99": value,
+    })
+    .to_string()
 }

@@ -264,6 +264,12 @@ impl Client {
         report
     }
 
+    /// Whether the endpoints have disk buffers ([`ClientConfig::buffer_dir`] was set), i.e.
+    /// whether the [`EndpointStatsSnapshot::buffer`] figures mean anything.
+    pub fn has_buffer(&self) -> bool {
+        self.inner.buffered
+    }
+
     /// Self-metrics of every endpoint, in configuration order.
     pub fn stats(&self) -> Vec<EndpointStatsSnapshot> {
         self.inner

@@ -169,7 +169,11 @@ def check_invariants(obj, where, errors):
         if not ok:
             errors.append(f"{where}: Deployment {name} is not hardened (non-root, read-only root, "
                           "no capabilities, RuntimeDefault seccomp, probes, resources)")
-        if obj["spec"].get("replicas", 1) < 2:
+        # One replica only with the remote-write buffer on a ReadWriteOnce PersistentVolumeClaim
+        # (deploy/components/remote-write-buffer-pvc), which one Pod at a time can use.
+        pvc_buffer = any(v.get("name") == "remote-write-buffer" and "persistentVolumeClaim" in v
+                         for v in obj["spec"]["template"]["spec"].get("volumes", []))
+        if obj["spec"].get("replicas", 1) < 2 and not pvc_buffer:
             errors.append(f"{where}: Deployment {name} needs 2 replicas")
 
 
@@ -192,6 +196,9 @@ def check_references(objs, path, errors):
             cm = v.get("configMap", {}).get("name")
             if cm and ("ConfigMap", ns, cm) not in have:
                 errors.append(f"{where}: volume {v['name']}: ConfigMap {cm} is not rendered")
+            pvc = v.get("persistentVolumeClaim", {}).get("claimName")
+            if pvc and ("PersistentVolumeClaim", ns, pvc) not in have:
+                errors.append(f"{where}: volume {v['name']}: PersistentVolumeClaim {pvc} is not rendered")
         for c in spec["containers"]:
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
