@@ -138,7 +138,7 @@ impl Process {
 
     /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it to exit, then kills
     /// it. Returns whether it exited by itself in time.
-    pub fn terminate(&mut self, timeout: Duration) -> bool {
+    pub fn terminate_within(&mut self, timeout: Duration) -> bool {
         let Some(mut child) = self.child.take() else {
             return true;
         };
@@ -323,7 +323,7 @@ impl VictoriaMetrics {
     /// how long it was not listening.
     pub async fn restart_gracefully(&mut self) -> Duration {
         let down = Instant::now();
-        let clean = self.process.terminate(Duration::from_secs(30));
+        let clean = self.process.terminate_within(Duration::from_secs(30));
         assert!(
             clean,
             "victoria-metrics did not stop within 30 s of SIGTERM"

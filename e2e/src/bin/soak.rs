@@ -367,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
             s.pending
         );
     }
-    controller.terminate(Duration::from_secs(15));
+    controller.terminate_within(Duration::from_secs(15));
 
     let mut failures = Vec::new();
     if lost + duplicated + counter_lost + counter_duplicated + same_timestamp > 0 || unexpected > 0
