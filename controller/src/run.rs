@@ -105,7 +105,8 @@ enum Trigger {
     All,
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An `Api` over one namespace, or over all namespaces for `None`.
+pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -330,10 +331,11 @@ where
         + Sync
         + 'static,
 {
-    let selector = format!("{}={}", objects::LABEL_MANAGED_BY, objects::MANAGER);
     watcher(
         api,
-        watcher::Config::default().labels(&selector).any_semantic(),
+        watcher::Config::default()
+            .labels(&tracker::managed_selector())
+            .any_semantic(),
     )
     .default_backoff()
     .reflect(writer)

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -30,6 +30,7 @@ use super::machine::{Action, Machine, Observation};
 use super::observe::{self, Known, ProbeIndex};
 use crate::plan::objects::{COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER};
 use crate::push::{Pusher, now_ms};
+use crate::run::scoped;
 
 /// How often thresholds are checked and Event namespaces re-evaluated.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -70,8 +71,8 @@ impl Tracker {
     }
 }
 
-/// Label selector of probe Pods.
-pub fn pod_selector() -> String {
+/// Label selector of everything pie-controller manages (probe Pods, CronJobs, PVCs).
+pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER}")
 }
 
@@ -86,16 +87,6 @@ pub fn event_config(kind: &str) -> watcher::Config {
     watcher::Config::default()
         .fields(&format!("involvedObject.kind={kind}"))
         .any_semantic()
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Sends the observations of every event of `events` to `tx` until it closes.
@@ -184,7 +175,7 @@ pub async fn run<I>(
         let pods = watcher(
             scoped::<Pod>(&client, ns),
             watcher::Config::default()
-                .labels(&pod_selector())
+                .labels(&managed_selector())
                 .any_semantic(),
         )
         .default_backoff();
