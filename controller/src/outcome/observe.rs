@@ -6,7 +6,7 @@
 //! disconnect) reports the objects deleted meanwhile as gone: [`Known`] remembers what each
 //! watch has seen.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::Hash;
 
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -357,15 +357,17 @@ pub fn event_events(event: &watcher::Event<Event>) -> Vec<Observation> {
     }
 }
 
-/// A [`ProbeIndex`] over plain maps (tests, benchmarks and `plan`-only tooling).
+/// A [`ProbeIndex`] over plain maps, for tests.
+#[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub struct StaticIndex {
     /// (namespace, PieProbe) -> probeThreshold in ms.
-    pub thresholds: HashMap<(String, String), i64>,
+    pub thresholds: std::collections::HashMap<(String, String), i64>,
     /// (namespace, PieProbe, node, StorageClass) of ineligible mount-probe nodes.
     pub ineligible: HashSet<(String, String, String, String)>,
 }
 
+#[cfg(test)]
 impl ProbeIndex for StaticIndex {
     fn threshold_ms(&self, namespace: &str, name: &str) -> Option<i64> {
         self.thresholds
