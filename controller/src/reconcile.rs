@@ -5,7 +5,7 @@
 //! deletions with UID + resourceVersion preconditions. Deleting a PieProbe leaves cleanup to the
 //! ownerReferences (garbage collector).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -123,8 +123,8 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
         }
         Ok(plan) => plan,
     };
-    apply_all(&ctx, &ns, &plan).await?;
-    delete_stale(&ctx, &probe, &ns, &plan).await?;
+    let desired = apply_all(&ctx, &ns, &plan).await?;
+    delete_stale(&ctx, &probe, &ns, &desired).await?;
     ctx.eligibility
         .write()
         .unwrap_or_else(|e| e.into_inner())
@@ -164,16 +164,29 @@ fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
         .map(String::as_str)
 }
 
-async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> Result<()> {
+/// Names of the desired objects, as [`apply_all`] saw them.
+struct DesiredNames {
+    cron_jobs: BTreeSet<String>,
+    pvcs: BTreeSet<String>,
+}
+
+/// Applies what changed and returns the names of everything desired (for [`delete_stale`]).
+async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> Result<DesiredNames> {
+    let mut names = DesiredNames {
+        cron_jobs: BTreeSet::new(),
+        pvcs: BTreeSet::new(),
+    };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for pvc in plan.desired_pvcs() {
-        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, pvc).await?;
+        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, &pvc).await?;
+        names.pvcs.insert(pvc.name);
     }
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
     for cj in plan.desired_cron_jobs() {
-        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, cj).await?;
+        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, &cj).await?;
+        names.cron_jobs.insert(cj.name);
     }
-    Ok(())
+    Ok(names)
 }
 
 /// Applies `desired` unless the cached object already carries its desired-hash; the object is
@@ -182,7 +195,7 @@ async fn apply_if_changed<K>(
     api: &Api<K>,
     store: &Store<PartialObjectMeta<K>>,
     ns: &str,
-    desired: plan::Desired<'_, K>,
+    desired: &plan::Desired<'_, K>,
 ) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
@@ -201,7 +214,12 @@ where
     Ok(())
 }
 
-async fn delete_stale(ctx: &Context, probe: &PieProbe, ns: &str, plan: &Plan) -> Result<()> {
+async fn delete_stale(
+    ctx: &Context,
+    probe: &PieProbe,
+    ns: &str,
+    desired: &DesiredNames,
+) -> Result<()> {
     let in_ns = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(ns);
     let cron_jobs: Vec<Existing> = ctx
         .stores
@@ -212,7 +230,7 @@ async fn delete_stale(ctx: &Context, probe: &PieProbe, ns: &str, plan: &Plan) ->
         .map(|o| Existing::from_meta(&o.metadata))
         .collect();
     let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
-    for stale in plan::stale(probe, &plan.cron_job_names(), &cron_jobs) {
+    for stale in plan::stale(probe, &desired.cron_jobs, &cron_jobs) {
         delete(&api, stale).await?;
     }
     let pvcs: Vec<Existing> = ctx
@@ -224,7 +242,7 @@ async fn delete_stale(ctx: &Context, probe: &PieProbe, ns: &str, plan: &Plan) ->
         .map(|o| Existing::from_meta(&o.metadata))
         .collect();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    for stale in plan::stale(probe, &plan.pvc_names(), &pvcs) {
+    for stale in plan::stale(probe, &desired.pvcs, &pvcs) {
         delete(&api, stale).await?;
     }
     Ok(())

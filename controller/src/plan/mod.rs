@@ -163,14 +163,16 @@ fn inputs_hash(probe: &PieProbe, config: &Config) -> [u8; 20] {
 }
 
 impl Plan {
-    fn hash(&self, kind: &str, mount: Option<&MountProbe>) -> String {
+    /// The desired-hash of the object `kind` for `node` (`None`: the provision CronJob) with
+    /// its `suspend` flag (only hashed with a node).
+    fn hash(&self, kind: &str, node: Option<&str>, suspend: bool) -> String {
         let mut h = Sha1::new();
         h.update(self.inputs);
         h.update(kind.as_bytes());
-        if let Some(m) = mount {
+        if let Some(node) = node {
             h.update([0]);
-            h.update(m.node.as_bytes());
-            h.update([0, u8::from(m.suspend)]);
+            h.update(node.as_bytes());
+            h.update([0, u8::from(suspend)]);
         }
         hex(&h.finalize())
     }
@@ -187,14 +189,14 @@ impl Plan {
     pub fn desired_cron_jobs(&self) -> impl Iterator<Item = Desired<'_, CronJob>> + '_ {
         let provision = self.provision.then(|| Desired {
             name: names::provision_cronjob(self.name(), self.storage_class()),
-            hash: self.hash("provision-cronjob", None),
+            hash: self.hash("provision-cronjob", None, false),
             build: Box::new(|| objects::provision_cron_job(&self.probe, &self.config)),
         });
         provision
             .into_iter()
             .chain(self.mounts.iter().map(move |m| Desired {
                 name: names::mount_cronjob(self.name(), &m.node, self.storage_class()),
-                hash: self.hash("mount-cronjob", Some(m)),
+                hash: self.hash("mount-cronjob", Some(&m.node), m.suspend),
                 build: Box::new(move || {
                     objects::mount_cron_job(&self.probe, &m.node, m.suspend, &self.config)
                 }),
@@ -206,13 +208,7 @@ impl Plan {
         self.mounts.iter().map(move |m| Desired {
             name: names::pvc(self.name(), &m.node, self.storage_class()),
             // A PVC does not depend on the suspend flag.
-            hash: self.hash(
-                "mount-pvc",
-                Some(&MountProbe {
-                    node: m.node.clone(),
-                    suspend: false,
-                }),
-            ),
+            hash: self.hash("mount-pvc", Some(&m.node), false),
             build: Box::new(move || objects::mount_pvc(&self.probe, &m.node)),
         })
     }
