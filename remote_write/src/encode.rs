@@ -9,27 +9,78 @@
 use std::sync::Arc;
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::encoded_len_varint;
 
 use crate::proto;
 use crate::series::{ExternalLabels, Sample, Series};
 
+// Field keys, `(field number << 3) | wire type`, as single bytes (every field number is < 16).
+/// `WriteRequest.timeseries` (1), length-delimited.
+const KEY_TIMESERIES: u8 = (1 << 3) | 2;
+/// `TimeSeries.samples` (2), length-delimited.
+const KEY_SAMPLES: u8 = (2 << 3) | 2;
+/// `Sample.value` (1), fixed64 (a double).
+const KEY_VALUE: u8 = (1 << 3) | 1;
+/// `Sample.timestamp` (2), varint.
+const KEY_TIMESTAMP: u8 = 2 << 3;
+
 /// Encoded length of one `Sample` message: a fixed64 double and a varint int64, both always
-/// written (explicit zero values are valid proto3 and keep `-0.0` intact).
+/// written (explicit zero values are valid proto3 and keep `-0.0` intact). At most 20 bytes.
 fn sample_len(sample: &Sample) -> usize {
     1 + 8 + 1 + encoded_len_varint(sample.timestamp_ms as u64)
 }
 
-fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
-    // TimeSeries.samples = 2, LEN.
-    encode_key(2, WireType::LengthDelimited, out);
-    encode_varint(sample_len(sample) as u64, out);
-    // Sample.value = 1, fixed64 (double).
-    encode_key(1, WireType::SixtyFourBit, out);
-    out.extend_from_slice(&sample.value.to_bits().to_le_bytes());
-    // Sample.timestamp = 2, varint (int64: two's complement as u64).
-    encode_key(2, WireType::Varint, out);
-    encode_varint(sample.timestamp_ms as u64, out);
+/// `value` as a protobuf varint in the low bytes of a little-endian `u128`, and its length
+/// (1 to 10 bytes). Built in a register so that appending it is one 16-byte store: writing
+/// the bytes one at a time into a stack buffer and then copying that buffer stalls the CPU
+/// (the wide load cannot be forwarded from the narrow stores).
+fn varint(value: u64) -> (u128, usize) {
+    // TimeSeries lengths: nearly always one or two bytes.
+    if value < 0x80 {
+        return (u128::from(value), 1);
+    }
+    if value < 0x4000 {
+        return (u128::from(value & 0x7f | 0x80 | (value >> 7) << 8), 2);
+    }
+    let len = encoded_len_varint(value);
+    if len <= 8 {
+        // Up to 56 bits (every timestamp of this millennium): spread each 7-bit group into
+        // its own byte without data-dependent branches, then set the continuation bit of
+        // every byte but the last.
+        let mut spread = 0u64;
+        for i in 0..8 {
+            spread |= ((value >> (7 * i)) & 0x7f) << (8 * i);
+        }
+        let continuation = 0x8080_8080_8080_8080u64 & ((1u64 << (8 * (len - 1))) - 1);
+        return (u128::from(spread | continuation), len);
+    }
+    // 9 or 10 bytes (negative timestamps): the plain loop.
+    let (mut value, mut bytes) = (value, 0u128);
+    for i in 0..len - 1 {
+        bytes |= u128::from(value as u8 | 0x80) << (8 * i);
+        value >>= 7;
+    }
+    bytes |= u128::from(value as u8) << (8 * (len - 1));
+    (bytes, len)
+}
+
+/// Appends the first `len` bytes of the varint `bytes` to `out`.
+fn append_varint(out: &mut Vec<u8>, (bytes, len): (u128, usize)) {
+    let start = out.len();
+    out.extend_from_slice(&bytes.to_le_bytes());
+    out.truncate(start + len);
+}
+
+/// Appends one `TimeSeries.samples` entry (key, length and the `Sample` message) for `value`
+/// and `timestamp`, the varint of the sample's timestamp (int64 is encoded as its two's
+/// complement u64).
+fn write_sample(value: f64, timestamp: (u128, usize), out: &mut Vec<u8>) {
+    // The message length (at most 20) fits in one varint byte.
+    let len = (1 + 8 + 1 + timestamp.1) as u8;
+    out.extend_from_slice(&[KEY_SAMPLES, len, KEY_VALUE]);
+    out.extend_from_slice(&value.to_bits().to_le_bytes());
+    out.push(KEY_TIMESTAMP);
+    append_varint(out, timestamp);
 }
 
 /// A sample ready to be encoded: the protobuf label entries of its series (merged with the
@@ -50,6 +101,11 @@ impl PreparedSample {
         }
     }
 
+    /// A sample with label entries already merged by [`ExternalLabels::merged`].
+    pub(crate) fn from_parts(labels: Arc<[u8]>, sample: Sample) -> PreparedSample {
+        PreparedSample { labels, sample }
+    }
+
     /// An upper bound of the protobuf bytes this sample adds to a request: its labels, one
     /// sample (at most 21 bytes with key and length) and the `TimeSeries` framing (at most 12).
     pub fn estimated_len(&self) -> usize {
@@ -68,6 +124,15 @@ impl std::fmt::Debug for PreparedSample {
 
 /// Appends the protobuf encoding of a `WriteRequest` holding `entries` (in order) to `out`.
 pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
+    encode_entries(entries, out, |_| {});
+}
+
+/// [`encode_write_request`], calling `after_series` with `out` after each `TimeSeries`.
+fn encode_entries(
+    entries: &[PreparedSample],
+    out: &mut Vec<u8>,
+    mut after_series: impl FnMut(&mut Vec<u8>),
+) {
     let mut i = 0;
     while i < entries.len() {
         let labels = &entries[i].labels;
@@ -75,20 +140,29 @@ pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
         while j < entries.len() && Arc::ptr_eq(&entries[j].labels, labels) {
             j += 1;
         }
-        let samples_len: usize = entries[i..j]
-            .iter()
-            .map(|e| {
-                let len = sample_len(&e.sample);
-                1 + encoded_len_varint(len as u64) + len
-            })
-            .sum();
-        // WriteRequest.timeseries = 1, LEN.
-        encode_key(1, WireType::LengthDelimited, out);
-        encode_varint((labels.len() + samples_len) as u64, out);
-        out.extend_from_slice(labels);
-        for e in &entries[i..j] {
-            write_sample(&e.sample, out);
+        if j == i + 1 {
+            // One sample (the usual case when a whole store is pushed): its timestamp's
+            // varint is computed once, for both the lengths and the bytes.
+            let sample = &entries[i].sample;
+            let timestamp = varint(sample.timestamp_ms as u64);
+            let samples_len = 2 + 10 + timestamp.1;
+            out.push(KEY_TIMESERIES);
+            append_varint(out, varint((labels.len() + samples_len) as u64));
+            out.extend_from_slice(labels);
+            write_sample(sample.value, timestamp, out);
+        } else {
+            let group = &entries[i..j];
+            // Each sample's key and length take 2 bytes: a Sample is at most 20 bytes long.
+            let samples_len: usize = group.iter().map(|e| 2 + sample_len(&e.sample)).sum();
+            out.push(KEY_TIMESERIES);
+            append_varint(out, varint((labels.len() + samples_len) as u64));
+            out.extend_from_slice(labels);
+            for e in group {
+                let timestamp = varint(e.sample.timestamp_ms as u64);
+                write_sample(e.sample.value, timestamp, out);
+            }
         }
+        after_series(out);
         i = j;
     }
 }
@@ -125,10 +199,26 @@ pub fn decode_write_request(body: &[u8]) -> Result<proto::WriteRequest, DecodeEr
     Ok(proto::WriteRequest::decode(raw.as_slice())?)
 }
 
+/// The snappy block size: `snap` (like the reference implementation) compresses its input
+/// in independent blocks of this many bytes after one header giving the total length.
+const SNAPPY_BLOCK: usize = 1 << 16;
+
+/// The most bytes the snappy header (a varint of the uncompressed length) takes.
+const SNAPPY_HEADER_MAX: usize = 10;
+
 /// Encodes and compresses requests, reusing its buffers between requests.
+///
+/// The protobuf is compressed block by block as it is produced, while each 64 KiB block is
+/// still in the CPU cache, instead of encoding the whole request and then reading it back
+/// from memory to compress it. Since `snap` compresses every block independently, the body
+/// is byte for byte what compressing the whole protobuf at once gives (a test checks this).
 pub struct RequestEncoder {
+    /// Protobuf bytes not compressed yet (less than a block, plus the last series).
     raw: Vec<u8>,
+    /// `SNAPPY_HEADER_MAX` bytes of room for the header, then the compressed blocks.
     compressed: Vec<u8>,
+    /// One compressed block, with the header `snap` gives it.
+    block: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
 
@@ -153,31 +243,75 @@ impl Default for RequestEncoder {
     }
 }
 
+/// Compresses `raw` (at most one block) with `snappy` and appends the compressed block,
+/// without the header `snap` puts before it, to `compressed`.
+fn compress_block(
+    snappy: &mut snap::raw::Encoder,
+    raw: &[u8],
+    block: &mut Vec<u8>,
+    compressed: &mut Vec<u8>,
+) {
+    debug_assert!(raw.len() <= SNAPPY_BLOCK);
+    let max = snap::raw::max_compress_len(raw.len());
+    if block.len() < max {
+        block.resize(max, 0);
+    }
+    let n = snappy.compress(raw, block).expect(
+        "a block is far below snappy's input limit and the buffer has max_compress_len bytes",
+    );
+    let header = encoded_len_varint(raw.len() as u64);
+    compressed.extend_from_slice(&block[header..n]);
+}
+
 impl RequestEncoder {
     /// A new encoder with empty buffers.
     pub fn new() -> RequestEncoder {
         RequestEncoder {
             raw: Vec::new(),
             compressed: Vec::new(),
+            block: Vec::new(),
             snappy: snap::raw::Encoder::new(),
         }
     }
 
     /// Encodes `entries` and compresses the result with the snappy block format.
     pub fn encode(&mut self, entries: &[PreparedSample]) -> EncodedRequest<'_> {
-        self.raw.clear();
-        encode_write_request(entries, &mut self.raw);
-        let max = snap::raw::max_compress_len(self.raw.len());
-        if self.compressed.len() < max {
-            self.compressed.resize(max, 0);
+        let RequestEncoder {
+            raw,
+            compressed,
+            block,
+            snappy,
+        } = self;
+        raw.clear();
+        compressed.clear();
+        compressed.resize(SNAPPY_HEADER_MAX, 0);
+        let mut compressed_len = 0;
+        // Compresses every full block in `raw` and keeps the rest.
+        let mut compress_full_blocks = |raw: &mut Vec<u8>| {
+            if raw.len() < SNAPPY_BLOCK {
+                return;
+            }
+            let mut done = 0;
+            while raw.len() - done >= SNAPPY_BLOCK {
+                compress_block(snappy, &raw[done..done + SNAPPY_BLOCK], block, compressed);
+                done += SNAPPY_BLOCK;
+            }
+            compressed_len += done;
+            raw.copy_within(done.., 0);
+            raw.truncate(raw.len() - done);
+        };
+        encode_entries(entries, raw, &mut compress_full_blocks);
+        let raw_len = compressed_len + raw.len();
+        if !raw.is_empty() {
+            compress_block(snappy, raw, block, compressed);
         }
-        let n = self
-            .snappy
-            .compress(&self.raw, &mut self.compressed)
-            .expect("the output buffer has max_compress_len bytes");
+        // The header, the total length, goes right before the first block.
+        let (header, header_len) = varint(raw_len as u64);
+        let start = SNAPPY_HEADER_MAX - header_len;
+        compressed[start..SNAPPY_HEADER_MAX].copy_from_slice(&header.to_le_bytes()[..header_len]);
         EncodedRequest {
-            body: &self.compressed[..n],
-            raw_len: self.raw.len(),
+            body: &compressed[start..],
+            raw_len,
         }
     }
 }
@@ -277,6 +411,144 @@ mod tests {
             ours, theirs,
             "non-zero fields encode byte for byte like prost"
         );
+    }
+
+    #[test]
+    fn block_by_block_compression_equals_compressing_the_whole_protobuf() {
+        let ext = ExternalLabels::new([("cluster", "prod-a")]).unwrap();
+        let many: Vec<Series> = (0..3000)
+            .map(|i| series("pie_mount_probe_total", &[("node", &format!("worker-{i}"))]))
+            .collect();
+        let big = series("m", &[("x", &"v".repeat(4000)), ("y", &"w".repeat(4000))]);
+        let cases: Vec<Vec<(Series, Sample)>> = vec![
+            vec![],
+            vec![(many[0].clone(), Sample::new(1.0, 1))],
+            // Several blocks of one-sample series.
+            many.iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), Sample::new(i as f64, 1_700_000_000_000)))
+                .collect(),
+            // One series with 10,000 samples: a TimeSeries longer than a block.
+            (0..10_000)
+                .map(|i| (many[1].clone(), Sample::new(0.5, i)))
+                .collect(),
+            // Large label sets, each spanning block boundaries now and then.
+            (0..40)
+                .map(|i| (big.clone(), Sample::new(2.0, i)))
+                .collect(),
+        ];
+        let mut encoder = RequestEncoder::new();
+        for (i, case) in cases.iter().enumerate() {
+            let prepared = prep(case, &ext);
+            let mut raw = Vec::new();
+            encode_write_request(&prepared, &mut raw);
+            let whole = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+            let request = encoder.encode(&prepared);
+            assert_eq!(request.raw_len, raw.len(), "case {i}");
+            assert_eq!(
+                request.body,
+                &whole[..],
+                "case {i}: {} raw bytes",
+                raw.len()
+            );
+        }
+        // Lengths just past 64 KiB - 1, 64 KiB, 64 KiB + 1 and 128 KiB.
+        for target in [
+            SNAPPY_BLOCK - 1,
+            SNAPPY_BLOCK,
+            SNAPPY_BLOCK + 1,
+            2 * SNAPPY_BLOCK,
+        ] {
+            let mut entries: Vec<(Series, Sample)> = Vec::new();
+            let mut raw = Vec::new();
+            while raw.len() < target {
+                let n = entries.len();
+                entries.push((many[n % many.len()].clone(), Sample::new(0.0, n as i64 + 1)));
+                raw.clear();
+                encode_write_request(&prep(&entries, &ext), &mut raw);
+            }
+            let prepared = prep(&entries, &ext);
+            let whole = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+            assert_eq!(
+                encoder.encode(&prepared).body,
+                &whole[..],
+                "~{target} raw bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn varint_matches_prost_for_every_length() {
+        let mut values = vec![0, u64::MAX, i64::MIN as u64, -1i64 as u64];
+        for bits in 1..64 {
+            values.extend([(1u64 << bits) - 1, 1u64 << bits, (1u64 << bits) + 1]);
+        }
+        for value in values {
+            let mut theirs = Vec::new();
+            prost::encoding::encode_varint(value, &mut theirs);
+            let mut ours = Vec::new();
+            append_varint(&mut ours, varint(value));
+            assert_eq!(ours, theirs, "{value:#x}");
+        }
+    }
+
+    #[test]
+    fn matches_prost_for_every_varint_width() {
+        // Timestamps of 1 to 10 varint bytes (negative ones take 10), and label sets whose
+        // TimeSeries length needs 1, 2 and 3 varint bytes.
+        let timestamps = [
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            1_700_000_000_000,
+            i64::MAX,
+            -1,
+            i64::MIN,
+        ];
+        // Label values are limited to 4 KiB, so the 3-byte case takes several labels.
+        for (value_len, count) in [(1, 1), (200, 1), (4000, 5)] {
+            let value = "v".repeat(value_len);
+            let names: Vec<String> = (0..count).map(|i| format!("x{i}")).collect();
+            let pairs: Vec<(&str, &str)> =
+                names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+            let s = series("m", &pairs);
+            // Two samples per series in one TimeSeries, then the series again further on.
+            let other = series("other", &[]);
+            let mut entries = Vec::new();
+            for &ts in &timestamps {
+                entries.push((s.clone(), Sample::new(-0.5, ts)));
+                entries.push((s.clone(), Sample::new(f64::INFINITY, ts)));
+                entries.push((other.clone(), Sample::new(3.25, ts)));
+            }
+            let mut ours = Vec::new();
+            encode_write_request(&prep(&entries, &ExternalLabels::default()), &mut ours);
+            let label = |name: &str, value: &str| proto::Label {
+                name: name.into(),
+                value: value.into(),
+            };
+            let sample = |value: f64, timestamp: i64| proto::Sample { value, timestamp };
+            let mut timeseries = Vec::new();
+            for &ts in &timestamps {
+                timeseries.push(proto::TimeSeries {
+                    labels: std::iter::once(label("__name__", "m"))
+                        .chain(names.iter().map(|n| label(n, &value)))
+                        .collect(),
+                    samples: vec![sample(-0.5, ts), sample(f64::INFINITY, ts)],
+                });
+                timeseries.push(proto::TimeSeries {
+                    labels: vec![label("__name__", "other")],
+                    samples: vec![sample(3.25, ts)],
+                });
+            }
+            let theirs = proto::WriteRequest {
+                timeseries,
+                metadata: vec![],
+            }
+            .encode_to_vec();
+            assert_eq!(ours, theirs, "{count} label values of {value_len} bytes");
+        }
     }
 
     #[test]
