@@ -317,9 +317,7 @@ impl Pusher {
     /// Queues `points`.
     pub fn push(&self, points: &[Point]) {
         if let Some(client) = &self.client {
-            for (series, sample) in points {
-                client.push(series, *sample);
-            }
+            client.push_many(points);
         }
     }
 

@@ -170,6 +170,16 @@ impl Client {
         }
     }
 
+    /// Queues every `(series, sample)` of `points`, in order, for every endpoint: the same as
+    /// calling [`Client::push`] for each, but cheaper for many samples at once (a whole
+    /// snapshot of a metric store, say), since each endpoint's queue is locked once per few
+    /// hundred samples instead of once per sample.
+    pub fn push_many(&self, points: &[(Series, Sample)]) {
+        for (queue, _) in &self.inner.endpoints {
+            queue.push_many(points);
+        }
+    }
+
     /// Validates `labels` (which must include `__name__`) and queues `sample`. An invalid label
     /// set is counted as dropped (`invalid`) and returned as an error; nothing is sent.
     pub fn push_labels<K, V>(

@@ -7,6 +7,8 @@
 //!   retries connection errors, timeouts, 408, 429 and 5xx with exponential backoff and full
 //!   jitter (honouring `Retry-After`), and drops other 4xx answers (counted and logged).
 //!   Per series, timestamps leave in strictly increasing order across requests and retries.
+//!   [`Client::push_many`] queues a whole snapshot of samples at once, locking each queue once
+//!   per few hundred samples rather than once per sample.
 //! - [`Client::stats`]: self-metrics per endpoint as plain data.
 //! - Optionally ([`ClientConfig::buffer_dir`]), a durable on-disk buffer per endpoint: what
 //!   cannot be delivered in time, and what is pending at shutdown, is kept in checksummed

@@ -149,7 +149,12 @@ fn encode_label_field(name: &str, value: &str, out: &mut Vec<u8>) {
 ///
 /// Cheap to clone (reference counted). Two series are equal when their label sets are equal.
 #[derive(Clone)]
-pub struct Series(Arc<Labels>);
+pub struct Series {
+    labels: Arc<Labels>,
+    /// A hash of the encoded labels, computed once and kept in the handle itself, so hashing
+    /// a series for a map lookup does not touch the shared label data.
+    hash: u64,
+}
 
 /// Labels sorted by name with their pre-encoded protobuf bytes.
 struct Labels {
@@ -159,8 +164,6 @@ struct Labels {
     encoded: Arc<[u8]>,
     /// `encoded[offsets[i]..offsets[i + 1]]` is pair `i`'s entry.
     offsets: Box<[u32]>,
-    /// A hash of `encoded`, computed once.
-    hash: u64,
     /// The entries merged with one set of external labels (identified by its id), computed
     /// the first time the series is encoded with them.
     merged: OnceLock<(u64, Arc<[u8]>)>,
@@ -176,13 +179,10 @@ impl Labels {
             encode_label_field(name, value, &mut encoded);
             offsets.push(encoded.len() as u32);
         }
-        let mut hasher = std::hash::DefaultHasher::new();
-        encoded.hash(&mut hasher);
         Labels {
             pairs: pairs.into_boxed_slice(),
             encoded: encoded.into(),
             offsets: offsets.into_boxed_slice(),
-            hash: hasher.finish(),
             merged: OnceLock::new(),
         }
     }
@@ -256,7 +256,13 @@ impl Series {
         if pairs.len() > MAX_LABELS {
             return Err(SeriesError::TooManyLabels(pairs.len()));
         }
-        Ok(Series(Arc::new(Labels::new(pairs))))
+        let labels = Labels::new(pairs);
+        let mut hasher = std::hash::DefaultHasher::new();
+        labels.encoded.hash(&mut hasher);
+        Ok(Series {
+            hash: hasher.finish(),
+            labels: Arc::new(labels),
+        })
     }
 
     /// The metric name (the value of `__name__`).
@@ -266,43 +272,43 @@ impl Series {
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.labels
             .pairs
             .binary_search_by(|(n, _)| (**n).cmp(name))
             .ok()
-            .map(|i| &*self.0.pairs[i].1)
+            .map(|i| &*self.labels.pairs[i].1)
     }
 
     /// All labels, sorted by name, `__name__` included.
     pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        self.0.pairs.iter().map(|(n, v)| (&**n, &**v))
+        self.labels.pairs.iter().map(|(n, v)| (&**n, &**v))
     }
 
     /// The labels' protobuf encoding: concatenated `TimeSeries.labels` field entries.
     pub(crate) fn encoded_labels(&self) -> &Arc<[u8]> {
-        &self.0.encoded
+        &self.labels.encoded
     }
 
     /// Label `i`'s name and its `TimeSeries.labels` field entry.
     pub(crate) fn label_entry(&self, i: usize) -> (&str, &[u8]) {
-        (&self.0.pairs[i].0, self.0.entry(i))
+        (&self.labels.pairs[i].0, self.labels.entry(i))
     }
 
     /// The number of labels.
     pub(crate) fn label_count(&self) -> usize {
-        self.0.pairs.len()
+        self.labels.pairs.len()
     }
 
     /// Whether both handles point at the same allocation (a cheap equality shortcut).
     pub(crate) fn same_allocation(&self, other: &Series) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.labels, &other.labels)
     }
 }
 
 impl PartialEq for Series {
     fn eq(&self, other: &Series) -> bool {
         self.same_allocation(other)
-            || (self.0.hash == other.0.hash && self.0.encoded == other.0.encoded)
+            || (self.hash == other.hash && self.labels.encoded == other.labels.encoded)
     }
 }
 
@@ -311,7 +317,7 @@ impl Eq for Series {}
 impl Hash for Series {
     /// Writes the hash computed when the series was built (one `u64`).
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.hash);
+        state.write_u64(self.hash);
     }
 }
 
@@ -424,7 +430,7 @@ impl ExternalLabels {
         if self.labels.is_none() {
             return series.encoded_labels().clone();
         }
-        if let Some((id, bytes)) = series.0.merged.get() {
+        if let Some((id, bytes)) = series.labels.merged.get() {
             if *id == self.id {
                 return bytes.clone();
             }
@@ -434,7 +440,7 @@ impl ExternalLabels {
         }
         let mut out = Vec::new();
         self.write_merged(series, &mut out);
-        let (_, bytes) = series.0.merged.get_or_init(|| (self.id, out.into()));
+        let (_, bytes) = series.labels.merged.get_or_init(|| (self.id, out.into()));
         bytes.clone()
     }
 
