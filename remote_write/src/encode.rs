@@ -101,16 +101,21 @@ impl PreparedSample {
         }
     }
 
-    /// A sample with label entries already merged by [`ExternalLabels::merged`].
-    pub(crate) fn from_parts(labels: Arc<[u8]>, sample: Sample) -> PreparedSample {
-        PreparedSample { labels, sample }
-    }
-
     /// An upper bound of the protobuf bytes this sample adds to a request: its labels, one
     /// sample (at most 21 bytes with key and length) and the `TimeSeries` framing (at most 12).
     pub fn estimated_len(&self) -> usize {
-        self.labels.len() + 21 + 12
+        estimated_len(self.labels.len())
     }
+
+    fn parts(&self) -> (&[u8], Sample) {
+        (&self.labels, self.sample)
+    }
+}
+
+/// An upper bound of the protobuf bytes one sample of a series whose label entries take
+/// `labels_len` bytes adds to a request (see [`PreparedSample::estimated_len`]).
+pub(crate) fn estimated_len(labels_len: usize) -> usize {
+    labels_len + 21 + 12
 }
 
 impl std::fmt::Debug for PreparedSample {
@@ -124,26 +129,35 @@ impl std::fmt::Debug for PreparedSample {
 
 /// Appends the protobuf encoding of a `WriteRequest` holding `entries` (in order) to `out`.
 pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
-    encode_entries(entries, out, |_| {});
+    encode_entries(entries, PreparedSample::parts, out, |_| {});
 }
 
-/// [`encode_write_request`], calling `after_series` with `out` after each `TimeSeries`.
-fn encode_entries(
-    entries: &[PreparedSample],
+/// Whether two label-entry slices are the same series' (the same allocation): samples of
+/// one series in a row share a `TimeSeries`.
+fn same_series(a: &[u8], b: &[u8]) -> bool {
+    std::ptr::eq(a, b)
+}
+
+/// [`encode_write_request`] for entries of any type: `parts` gives an entry's label entries
+/// (the same slice for every sample of a series) and sample. Calls `after_series` with `out`
+/// after each `TimeSeries`.
+pub(crate) fn encode_entries<'e, 't, E>(
+    entries: &'e [E],
+    parts: impl Fn(&'e E) -> (&'t [u8], Sample),
     out: &mut Vec<u8>,
     mut after_series: impl FnMut(&mut Vec<u8>),
 ) {
     let mut i = 0;
     while i < entries.len() {
-        let labels = &entries[i].labels;
+        let (labels, first) = parts(&entries[i]);
         let mut j = i + 1;
-        while j < entries.len() && Arc::ptr_eq(&entries[j].labels, labels) {
+        while j < entries.len() && same_series(parts(&entries[j]).0, labels) {
             j += 1;
         }
         if j == i + 1 {
             // One sample (the usual case when a whole store is pushed): its timestamp's
             // varint is computed once, for both the lengths and the bytes.
-            let sample = &entries[i].sample;
+            let sample = &first;
             let timestamp = varint(sample.timestamp_ms as u64);
             let samples_len = 2 + 10 + timestamp.1;
             out.push(KEY_TIMESERIES);
@@ -153,13 +167,14 @@ fn encode_entries(
         } else {
             let group = &entries[i..j];
             // Each sample's key and length take 2 bytes: a Sample is at most 20 bytes long.
-            let samples_len: usize = group.iter().map(|e| 2 + sample_len(&e.sample)).sum();
+            let samples_len: usize = group.iter().map(|e| 2 + sample_len(&parts(e).1)).sum();
             out.push(KEY_TIMESERIES);
             append_varint(out, varint((labels.len() + samples_len) as u64));
             out.extend_from_slice(labels);
             for e in group {
-                let timestamp = varint(e.sample.timestamp_ms as u64);
-                write_sample(e.sample.value, timestamp, out);
+                let sample = parts(e).1;
+                let timestamp = varint(sample.timestamp_ms as u64);
+                write_sample(sample.value, timestamp, out);
             }
         }
         after_series(out);
@@ -276,6 +291,15 @@ impl RequestEncoder {
 
     /// Encodes `entries` and compresses the result with the snappy block format.
     pub fn encode(&mut self, entries: &[PreparedSample]) -> EncodedRequest<'_> {
+        self.encode_entries(entries, PreparedSample::parts)
+    }
+
+    /// [`RequestEncoder::encode`] for entries of any type (see [`encode_entries`]).
+    pub(crate) fn encode_entries<'e, 't, E>(
+        &mut self,
+        entries: &'e [E],
+        parts: impl Fn(&'e E) -> (&'t [u8], Sample),
+    ) -> EncodedRequest<'_> {
         let RequestEncoder {
             raw,
             compressed,
@@ -300,7 +324,7 @@ impl RequestEncoder {
             raw.copy_within(done.., 0);
             raw.truncate(raw.len() - done);
         };
-        encode_entries(entries, raw, &mut compress_full_blocks);
+        encode_entries(entries, parts, raw, &mut compress_full_blocks);
         let raw_len = compressed_len + raw.len();
         if !raw.is_empty() {
             compress_block(snappy, raw, block, compressed);

@@ -176,7 +176,7 @@ impl Endpoint {
                 else {
                     break;
                 };
-                let request = lp.encoder.encode(&batch.entries);
+                let request = self.queue.encode(&batch, &mut lp.encoder);
                 let raw_len = request.raw_len as u64;
                 let body = Bytes::copy_from_slice(request.body);
                 let samples = batch.entries.len() as u64;
@@ -260,7 +260,7 @@ impl Endpoint {
             else {
                 return;
             };
-            let body = Bytes::copy_from_slice(lp.encoder.encode(&batch.entries).body);
+            let body = Bytes::copy_from_slice(self.queue.encode(&batch, &mut lp.encoder).body);
             if !self.store(lp, body, &batch).await {
                 self.queue.untake(batch);
                 return;

@@ -6,18 +6,19 @@
 //! each series strictly increasing across requests, retries and restarts of the sender.
 //!
 //! Queued samples name their series by a slot number in a table of label bytes rather than
-//! holding a reference-counted pointer: pushing then touches only the series map and the end
-//! of the queue, and the label bytes (and their reference counts) are touched only by the
-//! sender, when it takes a batch, so they stay in the sender's CPU cache instead of bouncing
-//! between the pushing thread and the sending one.
+//! holding a reference-counted pointer: pushing touches only the series map and the end of
+//! the queue, and encoding a batch reads the label bytes through the table without touching
+//! any reference count (an atomic instruction per sample would make the CPU wait for each
+//! sample's cache misses in turn). The table has its own lock, taken for writing only when a
+//! series gets or gives up a slot.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{Notify, watch};
 
-use crate::encode::PreparedSample;
+use crate::encode::{EncodedRequest, RequestEncoder, estimated_len};
 use crate::series::{ExternalLabels, Sample, Series, SeriesMap};
 use crate::stats::{DropReason, EndpointStats};
 
@@ -30,17 +31,17 @@ const PUSH_CHUNK: usize = 256;
 struct SeriesState {
     /// The newest timestamp queued for the series.
     last_ms: i64,
-    /// The series' slot in [`State::labels`].
+    /// The series' slot in [`Queue::labels`].
     slot: u32,
     /// Whether the newest sample queued was a staleness marker.
     stale: bool,
 }
 
-/// A queued sample and its series' slot in [`State::labels`].
+/// A queued sample and its series' slot in [`Queue::labels`].
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+pub(crate) struct Entry {
     slot: u32,
-    sample: Sample,
+    pub(crate) sample: Sample,
 }
 
 #[derive(Debug, Default)]
@@ -54,9 +55,6 @@ struct State {
     /// delivered or dropped from there (the buffer keeps them in order).
     disk: Option<(u64, u64)>,
     series: SeriesMap<SeriesState>,
-    /// The label entries (merged with the external labels) of every series in `series`, by
-    /// slot; a free slot holds an empty slice.
-    labels: Vec<Arc<[u8]>>,
     /// Slots free for new series.
     free_slots: Vec<u32>,
     /// Slots of forgotten series that queued or in-flight samples may still name, with the
@@ -78,29 +76,12 @@ impl State {
     fn pending(&self) -> u64 {
         (self.entries.len() + self.inflight.map_or(0, |(_, n)| n)) as u64
     }
-
-    /// A slot holding `labels` for a new series.
-    fn new_slot(&mut self, labels: Arc<[u8]>) -> u32 {
-        match self.free_slots.pop() {
-            Some(slot) => {
-                self.labels[slot as usize] = labels;
-                slot
-            }
-            None => {
-                self.labels.push(labels);
-                // Slots are bounded by the series tracked at once, far below 2^32.
-                (self.labels.len() - 1) as u32
-            }
-        }
-    }
 }
 
-/// A batch taken from the queue for sending.
+/// A batch taken from the queue for sending; [`Queue::encode`] encodes it.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    pub(crate) entries: Vec<PreparedSample>,
-    /// The slot of each entry's series, to put the batch back with [`Queue::untake`].
-    slots: Vec<u32>,
+    pub(crate) entries: Vec<Entry>,
     /// The sequence number just after the batch.
     pub(crate) end_seq: u64,
 }
@@ -109,6 +90,11 @@ pub(crate) struct Batch {
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
+    /// The label entries (merged with the external labels) of every tracked series, by slot;
+    /// a free slot holds an empty slice. A slot keeps its labels while any queued or
+    /// in-flight sample names it (see [`Queue::forget_stale_before`]). Lock order: `state`
+    /// first.
+    labels: RwLock<Vec<Arc<[u8]>>>,
     /// Wakes the sender: a full batch is queued, or a flush was requested.
     pub(crate) wake: Notify,
     /// Set by [`Queue::request_flush`]: send everything now, not only full batches.
@@ -131,6 +117,7 @@ impl Queue {
     ) -> Queue {
         Queue {
             state: Mutex::new(State::default()),
+            labels: RwLock::new(Vec::new()),
             wake: Notify::new(),
             force: AtomicBool::new(false),
             done: watch::Sender::new(0),
@@ -146,6 +133,30 @@ impl Queue {
         // A panic while holding the lock cannot leave the state inconsistent in a way that
         // matters more than losing the queue, so keep going with what is there.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_labels(&self) -> RwLockReadGuard<'_, Vec<Arc<[u8]>>> {
+        self.labels.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_labels(&self) -> RwLockWriteGuard<'_, Vec<Arc<[u8]>>> {
+        self.labels.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot holding `labels` for a new series.
+    fn new_slot(&self, st: &mut State, labels: Arc<[u8]>) -> u32 {
+        let mut table = self.write_labels();
+        match st.free_slots.pop() {
+            Some(slot) => {
+                table[slot as usize] = labels;
+                slot
+            }
+            None => {
+                table.push(labels);
+                // Slots are bounded by the series tracked at once, far below 2^32.
+                (table.len() - 1) as u32
+            }
+        }
     }
 
     /// Queues `sample` unless it is not newer than the last one queued for `series`.
@@ -182,7 +193,7 @@ impl Queue {
                     s.slot
                 }
                 None => {
-                    let slot = st.new_slot(self.external.merged(series));
+                    let slot = self.new_slot(&mut st, self.external.merged(series));
                     st.series.insert(
                         series.clone(),
                         SeriesState {
@@ -293,30 +304,35 @@ impl Queue {
         if st.entries.is_empty() {
             return None;
         }
-        let most = st.entries.len().min(max_samples);
-        let mut entries = Vec::with_capacity(most);
-        let mut slots = Vec::with_capacity(most);
-        let mut bytes = 0;
-        for entry in st.entries.iter().take(most) {
-            let labels = &st.labels[entry.slot as usize];
-            let prepared = PreparedSample::from_parts(labels.clone(), entry.sample);
-            let len = prepared.estimated_len();
-            if !entries.is_empty() && bytes + len > max_bytes {
+        let table = self.read_labels();
+        let (mut n, mut bytes) = (0, 0);
+        for entry in st.entries.iter().take(max_samples) {
+            let len = estimated_len(table[entry.slot as usize].len());
+            if n > 0 && bytes + len > max_bytes {
                 break;
             }
             bytes += len;
-            entries.push(prepared);
-            slots.push(entry.slot);
+            n += 1;
         }
-        let n = entries.len();
-        st.entries.drain(..n);
+        drop(table);
+        let entries: Vec<Entry> = st.entries.drain(..n).collect();
         st.inflight = Some((st.head_seq, n));
         st.head_seq += n as u64;
         Some(Batch {
             entries,
-            slots,
             end_seq: st.head_seq,
         })
+    }
+
+    /// Encodes and compresses `batch` (taken from this queue) with `encoder`.
+    pub(crate) fn encode<'a>(
+        &self,
+        batch: &Batch,
+        encoder: &'a mut RequestEncoder,
+    ) -> EncodedRequest<'a> {
+        // The batch's slots keep their labels until it is done (see `forget_stale_before`).
+        let table = self.read_labels();
+        encoder.encode_entries(&batch.entries, |e| (&*table[e.slot as usize], e.sample))
     }
 
     /// Puts the batch in flight back at the front of the queue (it could not be sent or
@@ -327,11 +343,8 @@ impl Queue {
         st.head_seq -= batch.entries.len() as u64;
         // The slots are still in use: a series' slot is freed only once its last sample is
         // done, and these are not.
-        for (entry, slot) in batch.entries.iter().zip(batch.slots).rev() {
-            st.entries.push_front(Entry {
-                slot,
-                sample: entry.sample,
-            });
+        for entry in batch.entries.into_iter().rev() {
+            st.entries.push_front(entry);
         }
         self.stats.set_pending(st.pending());
     }
@@ -408,7 +421,6 @@ impl Queue {
         let (done, next) = (guard.done_before(), guard.next_seq());
         let State {
             series,
-            labels,
             free_slots,
             retired_slots,
             ..
@@ -422,14 +434,17 @@ impl Queue {
             !forget
         });
         // A slot is reused only when no queued or in-flight sample names it any more.
-        retired_slots.retain(|&(slot, below)| {
-            let free = below <= done;
-            if free {
-                labels[slot as usize] = Arc::from([]);
-                free_slots.push(slot);
-            }
-            !free
-        });
+        if retired_slots.iter().any(|&(_, below)| below <= done) {
+            let mut table = self.write_labels();
+            retired_slots.retain(|&(slot, below)| {
+                let free = below <= done;
+                if free {
+                    table[slot as usize] = Arc::from([]);
+                    free_slots.push(slot);
+                }
+                !free
+            });
+        }
     }
 
     /// Series the queue tracks for ordering.
@@ -441,7 +456,7 @@ impl Queue {
     /// Label slots allocated (in use, retired or free).
     #[cfg(test)]
     fn slots(&self) -> usize {
-        self.lock().labels.len()
+        self.read_labels().len()
     }
 }
 
@@ -521,7 +536,7 @@ mod tests {
         let b = q.take_batch(10, usize::MAX).unwrap();
         assert_eq!(b.entries.len(), 10);
         q.complete_batch();
-        let one = PreparedSample::new(&a, &ExternalLabels::default(), Sample::new(0.0, 0))
+        let one = crate::PreparedSample::new(&a, &ExternalLabels::default(), Sample::new(0.0, 0))
             .estimated_len();
         let b = q.take_batch(100, one * 3 + 1).unwrap();
         assert_eq!(b.entries.len(), 3);
@@ -572,10 +587,10 @@ mod tests {
     }
 
     /// The metric name of every sample in `batch`, from its encoded request.
-    fn names(batch: &Batch) -> Vec<String> {
-        let mut raw = Vec::new();
-        crate::encode::encode_write_request(&batch.entries, &mut raw);
-        let request = <crate::proto::WriteRequest as prost::Message>::decode(&raw[..]).unwrap();
+    fn names(q: &Queue, batch: &Batch) -> Vec<String> {
+        let mut encoder = RequestEncoder::new();
+        let request =
+            crate::encode::decode_write_request(q.encode(batch, &mut encoder).body).unwrap();
         request
             .timeseries
             .iter()
@@ -615,7 +630,7 @@ mod tests {
         assert_eq!(a.pending_samples, b.pending_samples);
         let sent = |q: &Queue| {
             let batch = q.take_batch(usize::MAX, usize::MAX).unwrap();
-            let out: Vec<(String, i64, u64)> = names(&batch)
+            let out: Vec<(String, i64, u64)> = names(q, &batch)
                 .into_iter()
                 .zip(&batch.entries)
                 .map(|(n, e)| (n, e.sample.timestamp_ms, e.sample.value.to_bits()))
@@ -655,18 +670,19 @@ mod tests {
         q.push(&s("b"), Sample::new(1.0, 70));
         assert_eq!(q.slots(), 2);
         let batch = q.take_batch(usize::MAX, usize::MAX).unwrap();
-        assert_eq!(names(&batch), ["a", "a", "b"]);
-        // Still in flight: the slot stays retired.
+        // Still in flight: the slot stays retired, and the batch still encodes with a's labels
+        // (the sender encodes, and re-encodes for the disk buffer, while the batch is in flight).
         q.forget_stale_before(61);
         q.push(&s("c"), Sample::new(1.0, 80));
         assert_eq!(q.slots(), 3);
+        assert_eq!(names(&q, &batch), ["a", "a", "b"]);
         q.complete_batch();
         // Done now: the next pass frees it and a new series reuses it with its own labels.
         q.forget_stale_before(61);
         q.push(&s("d"), Sample::new(1.0, 90));
         assert_eq!(q.slots(), 3, "a's slot was reused");
         let batch = q.take_batch(usize::MAX, usize::MAX).unwrap();
-        assert_eq!(names(&batch), ["c", "d"]);
+        assert_eq!(names(&q, &batch), ["c", "d"]);
         q.complete_batch();
     }
 
@@ -678,7 +694,7 @@ mod tests {
         let batch = q.take_batch(usize::MAX, usize::MAX).unwrap();
         q.untake(batch);
         let batch = q.take_batch(usize::MAX, usize::MAX).unwrap();
-        assert_eq!(names(&batch), ["a", "b"]);
+        assert_eq!(names(&q, &batch), ["a", "b"]);
     }
 
     #[test]
