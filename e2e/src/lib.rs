@@ -99,17 +99,24 @@ impl Process {
         }
     }
 
-    /// Sends SIGTERM (through `kill(1)`, no `unsafe`) and returns at once; see
-    /// [`Process::wait_exit`].
+    /// Sends SIGTERM and returns at once; see [`Process::wait_exit`].
     pub fn terminate(&self) {
+        if let Err(e) = self.send_term() {
+            panic!("SIGTERM to {}: {e}", self.name);
+        }
+    }
+
+    /// Sends SIGTERM to the process, if it was not stopped yet.
+    fn send_term(&self) -> std::io::Result<()> {
         let Some(child) = self.child.as_ref() else {
-            return;
+            return Ok(());
         };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {} failed", self.name);
+        let pid = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| std::io::Error::other(format!("invalid pid {}", child.id())))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        Ok(())
     }
 
     /// Waits up to `timeout` for the process to exit on its own and returns its exit status,
@@ -139,15 +146,11 @@ impl Process {
     /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it to exit, then kills
     /// it. Returns whether it exited by itself in time.
     pub fn terminate_within(&mut self, timeout: Duration) -> bool {
+        // An error means it is gone already; the loop below reaps it.
+        let _ = self.send_term();
         let Some(mut child) = self.child.take() else {
             return true;
         };
-        let pid = i32::try_from(child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
