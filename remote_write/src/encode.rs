@@ -24,10 +24,11 @@ const KEY_VALUE: u8 = (1 << 3) | 1;
 /// `Sample.timestamp` (2), varint.
 const KEY_TIMESTAMP: u8 = 2 << 3;
 
-/// Encoded length of one `Sample` message: a fixed64 double and a varint int64, both always
-/// written (explicit zero values are valid proto3 and keep `-0.0` intact). At most 20 bytes.
-fn sample_len(sample: &Sample) -> usize {
-    1 + 8 + 1 + encoded_len_varint(sample.timestamp_ms as u64)
+/// Encoded length of one `Sample` message whose timestamp varint takes `timestamp_len`
+/// bytes: a fixed64 double and a varint int64, both always written (explicit zero values are
+/// valid proto3 and keep `-0.0` intact). At most 20 bytes.
+fn sample_len(timestamp_len: usize) -> usize {
+    1 + 8 + 1 + timestamp_len
 }
 
 /// `value` as a protobuf varint in the low bytes of a little-endian `u128`, and its length
@@ -76,7 +77,7 @@ fn append_varint(out: &mut Vec<u8>, (bytes, len): (u128, usize)) {
 /// complement u64).
 fn write_sample(value: f64, timestamp: (u128, usize), out: &mut Vec<u8>) {
     // The message length (at most 20) fits in one varint byte.
-    let len = (1 + 8 + 1 + timestamp.1) as u8;
+    let len = sample_len(timestamp.1) as u8;
     out.extend_from_slice(&[KEY_SAMPLES, len, KEY_VALUE]);
     out.extend_from_slice(&value.to_bits().to_le_bytes());
     out.push(KEY_TIMESTAMP);
@@ -157,24 +158,25 @@ pub(crate) fn encode_entries<'e, 't, E>(
         if j == i + 1 {
             // One sample (the usual case when a whole store is pushed): its timestamp's
             // varint is computed once, for both the lengths and the bytes.
-            let sample = &first;
-            let timestamp = varint(sample.timestamp_ms as u64);
-            let samples_len = 2 + 10 + timestamp.1;
+            let timestamp = varint(first.timestamp_ms as u64);
+            let samples_len = 2 + sample_len(timestamp.1);
             out.push(KEY_TIMESERIES);
             append_varint(out, varint((labels.len() + samples_len) as u64));
             out.extend_from_slice(labels);
-            write_sample(sample.value, timestamp, out);
+            write_sample(first.value, timestamp, out);
         } else {
             let group = &entries[i..j];
             // Each sample's key and length take 2 bytes: a Sample is at most 20 bytes long.
-            let samples_len: usize = group.iter().map(|e| 2 + sample_len(&parts(e).1)).sum();
+            let samples_len: usize = group
+                .iter()
+                .map(|e| 2 + sample_len(encoded_len_varint(parts(e).1.timestamp_ms as u64)))
+                .sum();
             out.push(KEY_TIMESERIES);
             append_varint(out, varint((labels.len() + samples_len) as u64));
             out.extend_from_slice(labels);
             for e in group {
                 let sample = parts(e).1;
-                let timestamp = varint(sample.timestamp_ms as u64);
-                write_sample(sample.value, timestamp, out);
+                write_sample(sample.value, varint(sample.timestamp_ms as u64), out);
             }
         }
         after_series(out);
@@ -309,23 +311,23 @@ impl RequestEncoder {
         raw.clear();
         compressed.clear();
         compressed.resize(SNAPPY_HEADER_MAX, 0);
-        let mut compressed_len = 0;
+        // Protobuf bytes compressed so far.
+        let mut raw_done = 0;
         // Compresses every full block in `raw` and keeps the rest.
         let mut compress_full_blocks = |raw: &mut Vec<u8>| {
-            if raw.len() < SNAPPY_BLOCK {
-                return;
-            }
             let mut done = 0;
             while raw.len() - done >= SNAPPY_BLOCK {
                 compress_block(snappy, &raw[done..done + SNAPPY_BLOCK], block, compressed);
                 done += SNAPPY_BLOCK;
             }
-            compressed_len += done;
-            raw.copy_within(done.., 0);
-            raw.truncate(raw.len() - done);
+            if done > 0 {
+                raw_done += done;
+                raw.copy_within(done.., 0);
+                raw.truncate(raw.len() - done);
+            }
         };
         encode_entries(entries, parts, raw, &mut compress_full_blocks);
-        let raw_len = compressed_len + raw.len();
+        let raw_len = raw_done + raw.len();
         if !raw.is_empty() {
             compress_block(snappy, raw, block, compressed);
         }
