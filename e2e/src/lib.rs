@@ -931,6 +931,20 @@ impl Vmalert {
     }
 }
 
+/// The gauges every successful mount-probe result sets, one series each. Such a result also
+/// increments `pie_performance_on_mount_probe_total` twice: its read and its write series.
+pub const MOUNT_RESULT_GAUGES: [&str; 9] = [
+    "pie_io_write_latency_on_mount_probe_seconds",
+    "pie_io_read_latency_on_mount_probe_seconds",
+    "pie_io_read_iops_on_mount_probe",
+    "pie_io_write_iops_on_mount_probe",
+    "pie_io_read_bytes_per_second_on_mount_probe",
+    "pie_io_write_bytes_per_second_on_mount_probe",
+    "pie_io_read_latency_p99_on_mount_probe_seconds",
+    "pie_io_write_latency_p99_on_mount_probe_seconds",
+    "pie_mount_probe_last_success_timestamp_seconds",
+];
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

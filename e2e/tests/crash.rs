@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ExportedSeries, Process, VictoriaMetrics, build_pie_controller, dir_bytes, free_port,
-    http_client, probe_result_json, rss_bytes, scrape_value,
+    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, build_pie_controller, dir_bytes,
+    free_port, http_client, probe_result_json, rss_bytes, scrape_value,
 };
 
 /// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
@@ -27,22 +27,8 @@ fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The pie series every successful result sets, one sample each (the two
-/// `pie_performance_on_mount_probe_total` series are counted apart).
-const RESULT_GAUGES: [&str; 9] = [
-    "pie_io_write_latency_on_mount_probe_seconds",
-    "pie_io_read_latency_on_mount_probe_seconds",
-    "pie_io_read_iops_on_mount_probe",
-    "pie_io_write_iops_on_mount_probe",
-    "pie_io_read_bytes_per_second_on_mount_probe",
-    "pie_io_write_bytes_per_second_on_mount_probe",
-    "pie_io_read_latency_p99_on_mount_probe_seconds",
-    "pie_io_write_latency_p99_on_mount_probe_seconds",
-    "pie_mount_probe_last_success_timestamp_seconds",
-];
-
 /// Samples one successful result puts in the store: the gauges and both `succeed` counters.
-const SAMPLES_PER_RESULT: u64 = RESULT_GAUGES.len() as u64 + 2;
+const SAMPLES_PER_RESULT: u64 = MOUNT_RESULT_GAUGES.len() as u64 + 2;
 
 struct Controller {
     process: Process,
@@ -341,7 +327,7 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() 
             .collect();
         assert_eq!(
             of_node.len(),
-            RESULT_GAUGES.len() + 2,
+            MOUNT_RESULT_GAUGES.len() + 2,
             "{node}: {of_node:?}"
         );
         for s in of_node {

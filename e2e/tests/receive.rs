@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ExportedSeries, Process, VictoriaMetrics, free_port, http_client, pie_binaries, require_binary,
-    target_dir,
+    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, free_port, http_client,
+    pie_binaries, require_binary, target_dir,
 };
 
 /// `name{labels} value` lines of a Prometheus text exposition, labels as a map with
@@ -36,19 +36,13 @@ fn parse_exposition(text: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
     out
 }
 
-const MOUNT_SERIES: [&str; 11] = [
-    "pie_io_write_latency_on_mount_probe_seconds",
-    "pie_io_read_latency_on_mount_probe_seconds",
-    "pie_io_read_iops_on_mount_probe",
-    "pie_io_write_iops_on_mount_probe",
-    "pie_io_read_bytes_per_second_on_mount_probe",
-    "pie_io_write_bytes_per_second_on_mount_probe",
-    "pie_io_read_latency_p99_on_mount_probe_seconds",
-    "pie_io_write_latency_p99_on_mount_probe_seconds",
-    "pie_mount_probe_last_success_timestamp_seconds",
-    "pie_performance_on_mount_probe_total",
-    "pie_performance_on_mount_probe_total",
-];
+/// Every series one successful mount-probe result produces: the gauges and the read and write
+/// `pie_performance_on_mount_probe_total` counters.
+fn mount_series() -> Vec<&'static str> {
+    let mut all = MOUNT_RESULT_GAUGES.to_vec();
+    all.extend(["pie_performance_on_mount_probe_total"; 2]);
+    all
+}
 
 fn last(series: &ExportedSeries) -> f64 {
     *series.values.last().expect("a sample")
@@ -98,7 +92,7 @@ async fn receive_pushes_a_real_mount_probe_to_victoria_metrics() {
     let selector = r#"{__name__=~"pie_.*",pie_probe_name="e2e-probe"}"#;
     let exported = vm
         .export_until(selector, Duration::from_secs(2), |s| {
-            s.len() >= MOUNT_SERIES.len()
+            s.len() >= mount_series().len()
         })
         .await;
     let elapsed = exited.elapsed();
@@ -106,7 +100,7 @@ async fn receive_pushes_a_real_mount_probe_to_victoria_metrics() {
         .iter()
         .map(|s| s.metric["__name__"].as_str())
         .collect();
-    let mut expected = MOUNT_SERIES.to_vec();
+    let mut expected = mount_series();
     expected.sort_unstable();
     let mut got = names.clone();
     got.sort_unstable();
