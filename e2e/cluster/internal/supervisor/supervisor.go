@@ -1,0 +1,365 @@
+// Package supervisor starts, watches and stops the local cluster: embedded etcd,
+// kube-apiserver, kube-controller-manager and kube-scheduler (each a process of the
+// pie-cluster binary), the process kubelet and the test provisioner, all on 127.0.0.1, all
+// state in one directory. A component that exits stops the whole cluster with one line that
+// names it and its log.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pie-rs/pie/e2e/cluster/internal/kubelet"
+	"github.com/pie-rs/pie/e2e/cluster/internal/pki"
+)
+
+// Options of `pie-cluster up`.
+type Options struct {
+	Dir   string
+	Nodes int
+	// NodePrefix names the nodes <prefix>1..<prefix>N.
+	NodePrefix string
+	// Images are --image flags of the process kubelet (REFERENCE=BINARY[,user=..][,cmd=..]).
+	Images []string
+	// APIServerPort 0 picks a free port.
+	APIServerPort int
+	Timeout       time.Duration
+	// Foreground runs the supervisor in this process; StopOnStdinEOF stops the cluster when
+	// stdin closes (the e2e harness holds the other end, so the cluster dies with the tests).
+	Foreground     bool
+	StopOnStdinEOF bool
+	// RemoveDir deletes the state directory once everything is stopped (the e2e harness's
+	// temp dirs).
+	RemoveDir bool
+	// Self is the pie-cluster binary.
+	Self string
+}
+
+// component is one process of the cluster.
+type component struct {
+	name string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+type supervisor struct {
+	opts    Options
+	st      state
+	files   pki.Files
+	ports   ports
+	running []*component
+	exited  chan *component
+}
+
+type ports struct {
+	etcdClient, etcdPeer, apiserver int
+	kubelets                        []int
+}
+
+// identities of the cluster's own clients. The kubelet and the provisioner are privileged
+// (system:masters); the controller manager and scheduler run as their real identities with
+// the bootstrap RBAC the apiserver creates.
+var identities = []pki.Identity{
+	{Name: "admin", User: "pie-cluster:admin", Groups: []string{"system:masters"}},
+	{Name: "kube-controller-manager", User: "system:kube-controller-manager"},
+	{Name: "kube-scheduler", User: "system:kube-scheduler"},
+	{Name: "kubelet", User: "pie-cluster:kubelet", Groups: []string{"system:masters"}},
+	{Name: "provisioner", User: "pie-cluster:provisioner", Groups: []string{"system:masters"}},
+	{Name: "apiserver-kubelet-client", User: "kube-apiserver-kubelet-client", Groups: []string{"system:masters"}},
+}
+
+// Up starts a cluster and returns when it is ready (exit code 0) or failed (1, after one line
+// on stderr). Without Foreground the supervisor goes on in the background.
+func Up(opts Options) int {
+	st := state{dir: opts.Dir}
+	if opts.Nodes < 1 {
+		return fail("--nodes must be at least 1, not %d", opts.Nodes)
+	}
+	for _, img := range opts.Images {
+		if _, _, err := kubelet.ParseImageFlag(img); err != nil {
+			return fail("%v", err)
+		}
+	}
+	if opts.APIServerPort != 0 {
+		if err := portFree(opts.APIServerPort); err != nil {
+			return fail("%v", err)
+		}
+	}
+	if opts.Foreground {
+		note, err := st.prepare()
+		if err != nil {
+			return fail("%v", err)
+		}
+		if note != "" {
+			fmt.Fprintln(os.Stderr, "pie-cluster: "+note)
+		}
+		return supervise(opts)
+	}
+	// In the background: the supervisor is a new session of its own whose output goes to
+	// logs/supervisor.log; this process waits for it to say ready or failed.
+	note, err := st.prepare()
+	if err != nil {
+		return fail("%v", err)
+	}
+	if note != "" {
+		fmt.Fprintln(os.Stderr, "pie-cluster: "+note)
+	}
+	log, err := os.OpenFile(st.path("logs", "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer log.Close()
+	args := []string{"supervise", "--dir", opts.Dir, "--nodes", strconv.Itoa(opts.Nodes),
+		"--node-prefix", opts.NodePrefix, "--apiserver-port", strconv.Itoa(opts.APIServerPort),
+		"--timeout", opts.Timeout.String()}
+	for _, img := range opts.Images {
+		args = append(args, "--image", img)
+	}
+	cmd := exec.Command(opts.Self, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fail("starting the supervisor: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	for {
+		if ready, err := os.ReadFile(st.path("ready")); err == nil {
+			fmt.Print(string(ready))
+			fmt.Printf("stop it with: task cluster:down (or %s down --dir %s)\n", opts.Self, opts.Dir)
+			return 0
+		}
+		select {
+		case <-exited:
+			why, err := os.ReadFile(st.path("failed"))
+			if err != nil {
+				why = []byte(fmt.Sprintf("the supervisor exited; its log: %s", st.path("logs", "supervisor.log")))
+			}
+			fmt.Fprintln(os.Stderr, "pie-cluster: "+strings.TrimSpace(string(why)))
+			return 1
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Supervise is the background supervisor (`pie-cluster supervise`): the state directory is
+// already prepared by `up`.
+func Supervise(opts Options) int { return supervise(opts) }
+
+func supervise(opts Options) int {
+	s := &supervisor{opts: opts, st: state{dir: opts.Dir}, exited: make(chan *component, 16)}
+	if err := s.st.recordSupervisor(); err != nil {
+		return s.failed("%v", err)
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	stdinClosed := make(chan struct{})
+	if opts.StopOnStdinEOF {
+		go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	// One goroutine takes the stop request (a signal or stdin's end) and closes stopping, which
+	// both the start (through ctx) and the wait below see.
+	stopping := make(chan struct{})
+	go func() {
+		select {
+		case <-stop:
+		case <-stdinClosed:
+		}
+		close(stopping)
+		cancel()
+	}()
+
+	summary, err := s.start(ctx)
+	if err != nil {
+		s.stopAll()
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return s.failed("stopped while starting")
+		}
+		return s.failed("%v", err)
+	}
+	if err := os.WriteFile(s.st.path("ready"), []byte(summary), 0o644); err != nil {
+		s.stopAll()
+		return s.failed("%v", err)
+	}
+	if opts.Foreground {
+		fmt.Print(summary)
+	}
+	select {
+	case <-stopping:
+	case c := <-s.exited:
+		why := fmt.Sprintf("%s exited unexpectedly (%v); its log: %s", c.name, exitText(c), s.st.path("logs", c.name+".log"))
+		s.stopAll()
+		return s.failed("%s", why)
+	}
+	s.stopAll()
+	if opts.RemoveDir {
+		if err := os.RemoveAll(s.st.dir); err != nil {
+			return fail("stopped, but could not remove %s: %v", s.st.dir, err)
+		}
+		return 0
+	}
+	_ = os.Remove(s.st.path("ready"))
+	_ = os.Remove(s.st.path("supervisor.pid"))
+	return 0
+}
+
+func exitText(c *component) string {
+	if c.cmd.ProcessState != nil {
+		return c.cmd.ProcessState.String()
+	}
+	return "unknown status"
+}
+
+// failed records why the cluster stopped, says it on stderr and returns exit code 1.
+func (s *supervisor) failed(format string, args ...any) int {
+	why := fmt.Sprintf(format, args...)
+	_ = os.WriteFile(s.st.path("failed"), []byte(why+"\n"), 0o644)
+	_ = os.Remove(s.st.path("supervisor.pid"))
+	fmt.Fprintln(os.Stderr, "pie-cluster: "+why)
+	return 1
+}
+
+func fail(format string, args ...any) int {
+	fmt.Fprintf(os.Stderr, "pie-cluster: "+format+"\n", args...)
+	return 1
+}
+
+// spawn starts a component (a pie-cluster subcommand) with its output in logs/<name>.log.
+// It dies with the supervisor (parent-death signal) and is recorded in pids/.
+func (s *supervisor) spawn(name string, args ...string) error {
+	log, err := os.OpenFile(s.st.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command(s.opts.Self, append([]string{name}, args...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(os.Environ(), "PIE_CLUSTER_DIR="+s.opts.Dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	c := &component{name: name, cmd: cmd, done: make(chan error, 1)}
+	_ = s.st.writePid(name, cmd.Process.Pid)
+	s.running = append(s.running, c)
+	go func() {
+		err := cmd.Wait()
+		c.done <- err
+		close(c.done)
+		select {
+		case s.exited <- c:
+		default:
+		}
+	}()
+	return nil
+}
+
+// stopAll stops the components in reverse start order: SIGTERM, SIGKILL after 15 s.
+func (s *supervisor) stopAll() {
+	for i := len(s.running) - 1; i >= 0; i-- {
+		c := s.running[i]
+		if c.cmd.ProcessState != nil {
+			continue
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+			<-c.done
+		}
+	}
+	s.st.killLeftovers()
+	s.running = nil
+}
+
+// waitFor polls check until it passes, a component exits, or ctx ends. what names the
+// condition in the error.
+func (s *supervisor) waitFor(ctx context.Context, what string, check func(context.Context) (bool, string)) error {
+	detail := ""
+	for {
+		ok, d := check(ctx)
+		if ok {
+			return nil
+		}
+		if d != "" {
+			detail = d
+		}
+		select {
+		case c := <-s.exited:
+			return fmt.Errorf("%s exited while waiting for %s (%v); its log: %s", c.name, what, exitText(c), s.st.path("logs", c.name+".log"))
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				if detail != "" {
+					detail = " (" + detail + ")"
+				}
+				return fmt.Errorf("timed out after %s waiting for %s%s; logs in %s", s.opts.Timeout, what, detail, s.st.path("logs"))
+			}
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// freePort asks the kernel for a free port on 127.0.0.1.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func portFree(port int) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("127.0.0.1:%d is in use (%v): choose another --apiserver-port or 0 for a free one", port, err)
+	}
+	return ln.Close()
+}
+
+// Down stops the cluster of a state directory.
+func Down(dir string) int {
+	st := state{dir: dir}
+	if _, err := os.Stat(st.path(marker)); err != nil {
+		fmt.Printf("no local cluster in %s\n", dir)
+		return 0
+	}
+	pid := st.supervisorPid()
+	if pid == 0 {
+		killed := st.killLeftovers()
+		msg := fmt.Sprintf("no local cluster is running in %s", dir)
+		if why, err := os.ReadFile(st.path("failed")); err == nil {
+			msg += "; it had stopped: " + strings.TrimSpace(string(why))
+		}
+		if killed > 0 {
+			msg += fmt.Sprintf(" (stopped %d processes it had left running)", killed)
+		}
+		fmt.Println(msg)
+		return 0
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(90 * time.Second)
+	for st.supervisorPid() != 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st.supervisorPid() != 0 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	st.killLeftovers()
+	fmt.Printf("stopped the local cluster in %s (logs kept in %s)\n", dir, st.path("logs"))
+	return 0
+}

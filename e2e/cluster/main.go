@@ -1,0 +1,129 @@
+// pie-cluster is the local Kubernetes of pie's tests and demo (docs/testing.md): Kubernetes'
+// own kube-apiserver (embedded etcd), kube-controller-manager and kube-scheduler, a process
+// kubelet that runs containers as local processes, and a test provisioner, all on 127.0.0.1.
+//
+//	pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]...
+//	pie-cluster down [--dir D]
+//	kubectl ...            (this binary, called as kubectl)
+//
+// The other subcommands are the cluster's processes, started by the supervisor.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pie-rs/pie/e2e/cluster/internal/components"
+	"github.com/pie-rs/pie/e2e/cluster/internal/container"
+	"github.com/pie-rs/pie/e2e/cluster/internal/kubelet"
+	"github.com/pie-rs/pie/e2e/cluster/internal/provisioner"
+	"github.com/pie-rs/pie/e2e/cluster/internal/supervisor"
+)
+
+const usage = `usage:
+  pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]... [--foreground]
+  pie-cluster down [--dir D]
+  pie-cluster kubectl ARGS...   (or this binary called as kubectl)
+D defaults to $PIE_CLUSTER_DIR, else target/cluster.
+`
+
+func main() {
+	if filepath.Base(os.Args[0]) == "kubectl" {
+		os.Exit(components.Kubectl(os.Args[1:]))
+	}
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "up", "supervise":
+		os.Exit(up(os.Args[1], args))
+	case "down":
+		fs := flag.NewFlagSet("down", flag.ContinueOnError)
+		dir := fs.String("dir", defaultDir(), "state directory")
+		if fs.Parse(args) != nil {
+			os.Exit(2)
+		}
+		os.Exit(supervisor.Down(absolute(*dir)))
+	case "kubectl":
+		os.Exit(components.Kubectl(args))
+	case "etcd":
+		os.Exit(components.Etcd(args))
+	case "kube-apiserver":
+		os.Exit(components.APIServer(args))
+	case "kube-controller-manager":
+		os.Exit(components.ControllerManager(args))
+	case "kube-scheduler":
+		os.Exit(components.Scheduler(args))
+	case "kubelet":
+		os.Exit(kubelet.Main(args))
+	case "provisioner":
+		os.Exit(provisioner.Main(args))
+	case "container-init":
+		os.Exit(container.Main(args))
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "pie-cluster: unknown command %q\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+}
+
+type images []string
+
+func (i *images) String() string     { return strings.Join(*i, " ") }
+func (i *images) Set(v string) error { *i = append(*i, v); return nil }
+
+func up(name string, args []string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	var opts supervisor.Options
+	var imgs images
+	fs.StringVar(&opts.Dir, "dir", defaultDir(), "state directory (kubeconfig, logs, pids)")
+	fs.IntVar(&opts.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&opts.NodePrefix, "node-prefix", "pie-node-", "node names are <prefix>1..<prefix>N")
+	fs.Var(&imgs, "image", "image the process kubelet can run: REF=BINARY[,user=UID:GID][,cmd=ARGS] (repeatable)")
+	fs.IntVar(&opts.APIServerPort, "apiserver-port", 0, "apiserver port on 127.0.0.1 (0: a free one)")
+	fs.DurationVar(&opts.Timeout, "timeout", 3*time.Minute, "how long to wait for the cluster to be ready")
+	fs.BoolVar(&opts.Foreground, "foreground", false, "supervise in this process instead of in the background")
+	fs.BoolVar(&opts.StopOnStdinEOF, "stop-on-stdin-eof", false, "stop the cluster when stdin closes (with --foreground)")
+	fs.BoolVar(&opts.RemoveDir, "remove-dir-on-stop", false, "delete the state directory when the cluster stops (with --foreground)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "pie-cluster: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	opts.Images = imgs
+	opts.Dir = absolute(opts.Dir)
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pie-cluster: %v\n", err)
+		return 1
+	}
+	opts.Self = self
+	if name == "supervise" {
+		return supervisor.Supervise(opts)
+	}
+	return supervisor.Up(opts)
+}
+
+func defaultDir() string {
+	if d := os.Getenv("PIE_CLUSTER_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join("target", "cluster")
+}
+
+func absolute(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return dir
+	}
+	return abs
+}
