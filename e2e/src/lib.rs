@@ -5,6 +5,8 @@
 //! that is not installed makes the test fail with a message that says how to install it: CI
 //! installs all of them (`task deps`), so these tests never silently skip there.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};

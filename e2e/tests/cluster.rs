@@ -1,62 +1,37 @@
-//! Cluster end-to-end test of pie-controller. Runs only when `PIE_E2E_KUBECONFIG` names a
-//! kubeconfig of a disposable cluster (kind, with its `standard` StorageClass); otherwise it
-//! prints a skip line and passes.
+//! pie on a real Kubernetes: the local control plane of `e2e/cluster` (real kube-apiserver,
+//! kube-controller-manager and kube-scheduler, the process kubelet, the test provisioner),
+//! started once for this test binary, or the cluster `PIE_E2E_KUBECONFIG` names (kind, whose
+//! StorageClass is `standard`). Skipped, saying so, only on a machine without Go.
 //!
-//! It installs the CRD, runs the controller in-process (namespace-scoped, no leader election)
-//! against the cluster, creates PieProbes on `standard` and on a StorageClass whose provisioner
-//! does not exist, checks the CronJobs and PVCs appear with the right owners, and checks that
-//! deleting a PieProbe removes them (ownerReferences, garbage collector).
+//! The controller is the real `pie-controller run` binary, authenticated as the ServiceAccount
+//! `pie/pie-controller` with exactly `deploy/base/rbac.yaml`'s RBAC; any request the API server
+//! refuses it (403, from the audit log) fails the test.
 
-use std::io::Write as _;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use e2e::cluster::{
+    LOCAL_STORAGE_CLASS, NO_PROVISIONER_STORAGE_CLASS, PieController, SHELL_IMAGE, TestCluster,
+    eventually, test_cluster, within,
+};
+use e2e::{VictoriaMetrics, scrape_value};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use pie_controller::crd::PieProbe;
-use pie_controller::health::Health;
-use pie_controller::plan::{Config, names};
-use pie_controller::push::Pusher;
-use pie_controller::run::{Handles, RunOptions};
-use pie_controller::store::Store;
+use pie_controller::plan::names;
 
-const MISSING_SC: &str = "pie-e2e-no-provisioner";
+const CONTROLLER_USER: &str = "system:serviceaccount:pie:pie-controller";
 
-async fn client() -> Option<Client> {
-    let Ok(path) = std::env::var("PIE_E2E_KUBECONFIG") else {
-        // Straight to stderr, not eprintln!: the test harness captures the macros' output of a
-        // passing test, and the skip must show in every `cargo test` run.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping cluster e2e: PIE_E2E_KUBECONFIG is not set (task e2e:kind runs it on kind)"
-        );
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("reading PIE_E2E_KUBECONFIG");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Some(Client::try_from(config).expect("client"))
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+/// The StorageClass with a working provisioner: the local cluster's, or `standard` on kind.
+fn healthy_class(cluster: &TestCluster) -> String {
+    std::env::var("PIE_E2E_STORAGE_CLASS").unwrap_or_else(|_| {
+        if cluster.is_local() {
+            LOCAL_STORAGE_CLASS.into()
+        } else {
+            "standard".into()
+        }
+    })
 }
 
 fn probe(name: &str, storage_class: &str) -> PieProbe {
@@ -68,77 +43,213 @@ fn probe(name: &str, storage_class: &str) -> PieProbe {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
-    let Some(client) = client().await else { return };
-    let ssa = PatchParams::apply("pie-e2e").force();
+/// [`eventually`] for what the controller does: a timeout also names the requests the API
+/// server refused it, the usual cause when a verb is missing from `deploy/base/rbac.yaml`.
+async fn controller_does<F, Fut>(cluster: &TestCluster, what: &str, timeout: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !within(timeout, check).await {
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; requests refused to pie-controller: {:#?}",
+            cluster.denied_requests(CONTROLLER_USER)
+        );
+    }
+}
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "pieprobes.pie.topolvm.io",
-        &ssa,
-        &Patch::Apply(PieProbe::crd()),
-    )
-    .await
+fn assert_no_denials(cluster: &TestCluster) {
+    let denied = cluster.denied_requests(CONTROLLER_USER);
+    assert!(
+        denied.is_empty(),
+        "the API server refused pie-controller (deploy/base/rbac.yaml lacks a verb?):\n{}",
+        denied.join("\n")
+    );
+}
+
+/// The controller-owned objects of `probe` (by the `pie-probe` label and a controller
+/// ownerReference to `uid`), sorted.
+async fn owned<K>(api: &Api<K>, probe: &str, uid: &str) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let selector = ListParams::default().labels(&format!("pie-probe={probe}"));
+    let mut names: Vec<String> = api
+        .list(&selector)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|o| {
+            o.owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && r.uid == uid)
+        })
+        .map(|o| o.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_applies_to_the_api_server_with_server_side_dry_run() {
+    let Some(cluster) = test_cluster() else {
+        return;
+    };
+    // A server-side dry run creates nothing, so the namespace `pie` must exist for the
+    // namespaced objects: install_pie applies it (with the CRD and RBAC) for real.
+    cluster.install_pie().await;
+    for dir in [
+        "deploy",
+        "deploy/overlays/vm-single",
+        "deploy/overlays/vm-cluster",
+        "deploy/overlays/vmauth-bearer",
+    ] {
+        let out = cluster.kubectl_ok(&["apply", "-k", dir, "--server-side", "--dry-run=server"]);
+        assert!(
+            out.contains("deployment.apps/pie-controller serverside-applied (server dry run)"),
+            "{dir}: {out}"
+        );
+    }
+    // The sample PieProbe passes the real CRD's schema; the CEL transition rules refuse a
+    // change of an immutable field with the CRD's own message.
+    let ns = cluster.namespace("pie-e2e-crd").await;
+    let sample =
+        std::fs::read_to_string(e2e::cluster::repo_root().join("deploy/samples/pieprobe.yaml"))
+            .unwrap()
+            .replace("namespace: pie", &format!("namespace: {}", ns.name));
+    let path = std::env::temp_dir().join(format!("pie-e2e-sample-{}.yaml", std::process::id()));
+    std::fs::write(&path, &sample).unwrap();
+    let path = path.to_str().unwrap();
+    cluster.kubectl_ok(&["apply", "--server-side", "-f", path]);
+    let changed = sample.replace(
+        "monitoringStorageClass: topolvm-provisioner",
+        "monitoringStorageClass: other",
+    );
+    std::fs::write(path, changed).unwrap();
+    let out = cluster.kubectl(&["apply", "--server-side", "-f", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("monitoringStorageClass is immutable"),
+        "changing monitoringStorageClass: {stderr}"
+    );
+    let out = cluster.kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "pieprobe",
+        "test-pie-probe",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"probePeriod":0}}"#,
+    ]);
+    assert!(
+        !out.status.success(),
+        "probePeriod 0 must be refused by the schema"
+    );
+    let _ = std::fs::remove_file(path);
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_cron_job_runs_to_completion_through_job_pod_and_kubelet() {
+    let Some(cluster) = test_cluster() else {
+        return;
+    };
+    if !cluster.is_local() {
+        // The shell stand-in is the process kubelet's; kind would pull a real image.
+        return;
+    }
+    let ns = cluster.namespace("pie-e2e-cronjob").await;
+    let client = cluster.client().await;
+    let cron_job: CronJob = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hello"},
+        "spec": {"schedule": "* * * * *", "successfulJobsHistoryLimit": 1,
+          "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "sh", "image": SHELL_IMAGE,
+              "command": ["/bin/sh", "-c", "echo hello from $(hostname) as $(id -u)"],
+              "securityContext": {"runAsUser": 1234}}]}}}}}
+    }))
     .unwrap();
+    Api::<CronJob>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &cron_job)
+        .await
+        .unwrap();
+    // The real schedule: the CronJob controller creates a Job within a minute.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     eventually(
-        "the CRD to be established",
-        Duration::from_secs(60),
+        "a Job of CronJob hello to complete",
+        Duration::from_secs(150),
         || async {
-            crds.get("pieprobes.pie.topolvm.io")
+            jobs.list(&ListParams::default())
                 .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
+                .unwrap()
+                .items
+                .iter()
+                .any(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1))
         },
     )
     .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        .expect("a Succeeded Pod");
+    let status = pod.status.as_ref().unwrap();
+    let terminated = status.container_statuses.as_ref().unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated container state");
+    assert_eq!(terminated.exit_code, 0);
+    assert!(terminated.started_at.is_some());
+    let logs = cluster.kubectl_ok(&["-n", &ns.name, "logs", &pod.name_any()]);
+    assert_eq!(
+        logs.trim(),
+        format!("hello from {} as 1234", pod.name_any()),
+        "the container ran as its Pod (hostname, runAsUser)"
+    );
+    ns.delete().await;
+}
 
-    let ns = format!("pie-e2e-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() {
+    let Some(cluster) = test_cluster() else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("pie-e2e").await;
+    // Probe Pods run as pie-probe in the PieProbe's namespace (docs/deploy.md).
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pie-probe"}, "automountServiceAccountToken": false
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let classes: Api<StorageClass> = Api::all(client.clone());
-    let missing = serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": MISSING_SC}, "provisioner": "example.com/does-not-exist",
-        "volumeBindingMode": "WaitForFirstConsumer"});
-    classes
-        .patch(MISSING_SC, &ssa, &Patch::Apply(&missing))
-        .await
-        .unwrap();
+    let vm = VictoriaMetrics::start().await;
+    let controller = PieController::start(cluster, &ns.name, &vm.write_url(), &[]).await;
 
-    let health = Arc::new(Health::default());
-    let controller = tokio::spawn(pie_controller::run::run(
-        client.clone(),
-        Config {
-            agent_image: "ghcr.io/pie-rs/pie-agent:e2e".into(),
-            controller_url: "http://pie-controller.pie.svc:8082".into(),
-            probe_service_account: None,
-            image_pull_secrets: vec![],
-        },
-        RunOptions {
-            namespaces: vec![ns.clone()],
-            leader_elect: false,
-            lease_namespace: ns.clone(),
-            identity: "pie-e2e".into(),
-        },
-        health.clone(),
-        Handles::default(),
-        // Outcomes go to an in-memory store only: this test checks objects, not metrics.
-        Pusher::with_client(Arc::new(Store::new()), None),
-    ));
-
-    let probes: Api<PieProbe> = Api::namespaced(client.clone(), &ns);
-    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let healthy = healthy_class(cluster);
+    let missing = if cluster.is_local() {
+        NO_PROVISIONER_STORAGE_CLASS.to_owned()
+    } else {
+        // kind has no StorageClass without a provisioner; the test provides one.
+        let sc = "pie-e2e-no-provisioner";
+        cluster.apply(&serde_json::json!({"apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass", "metadata": {"name": sc},
+            "provisioner": "example.com/does-not-exist", "volumeBindingMode": "WaitForFirstConsumer"}));
+        sc.to_owned()
+    };
+    let probes: Api<PieProbe> = Api::namespaced(client.clone(), &ns.name);
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     let nodes: Vec<String> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -148,7 +259,10 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         .map(|n| n.name_any())
         .collect();
 
-    for (name, sc) in [("on-standard", "standard"), ("on-missing", MISSING_SC)] {
+    for (name, sc) in [
+        ("on-healthy", healthy.as_str()),
+        ("on-missing", missing.as_str()),
+    ] {
         let created = probes
             .create(&PostParams::default(), &probe(name, sc))
             .await
@@ -156,52 +270,22 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         let uid = created.uid().unwrap();
         let mut want = vec![names::provision_cronjob(name, sc)];
         want.extend(nodes.iter().map(|n| names::mount_cronjob(name, n, sc)));
-        let want_pvcs: Vec<String> = nodes.iter().map(|n| names::pvc(name, n, sc)).collect();
-        let selector = ListParams::default().labels(&format!("pie-probe={name}"));
-        eventually(
+        want.sort();
+        let mut want_pvcs: Vec<String> = nodes.iter().map(|n| names::pvc(name, n, sc)).collect();
+        want_pvcs.sort();
+        controller_does(
+            cluster,
             &format!("{name}'s CronJobs and PVCs"),
-            Duration::from_secs(90),
+            Duration::from_secs(60),
             || async {
-                let cjs = cron_jobs.list(&selector).await.unwrap().items;
-                let claims = pvcs.list(&selector).await.unwrap().items;
-                let owned_by =
-                    |o: &dyn Fn() -> Option<String>| o().as_deref() == Some(uid.as_str());
-                let mut got: Vec<String> = cjs
-                    .iter()
-                    .filter(|c| {
-                        owned_by(&|| {
-                            c.owner_references()
-                                .iter()
-                                .find(|r| r.controller == Some(true))
-                                .map(|r| r.uid.clone())
-                        })
-                    })
-                    .map(|c| c.name_any())
-                    .collect();
-                let mut got_pvcs: Vec<String> = claims
-                    .iter()
-                    .filter(|c| {
-                        owned_by(&|| {
-                            c.owner_references()
-                                .iter()
-                                .find(|r| r.controller == Some(true))
-                                .map(|r| r.uid.clone())
-                        })
-                    })
-                    .map(|c| c.name_any())
-                    .collect();
-                got.sort();
-                got_pvcs.sort();
-                let mut w = want.clone();
-                w.sort();
-                let mut wp = want_pvcs.clone();
-                wp.sort();
-                got == w && got_pvcs == wp
+                owned(&cron_jobs, name, &uid).await == want
+                    && owned(&pvcs, name, &uid).await == want_pvcs
             },
         )
         .await;
     }
-    eventually(
+    controller_does(
+        cluster,
         "Ready=True on both PieProbes",
         Duration::from_secs(60),
         || async {
@@ -217,19 +301,85 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
         },
     )
     .await;
-    assert!(
-        health.ready(),
-        "controller should be ready once its caches synced"
-    );
+
+    if cluster.is_local() {
+        // One mount probe now, as an admin would (`kubectl create job --from=cronjob/...`):
+        // the probe Pod runs pie-agent with its projected token, fio writes to the PV's host
+        // directory and the result reaches the receiver, which checks the token by TokenReview.
+        let node = &nodes[0];
+        let cron_job = names::mount_cronjob("on-healthy", node, &healthy);
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "create",
+            "job",
+            "mount-now",
+            &format!("--from=cronjob/{cron_job}"),
+        ]);
+        let labels = [
+            ("pie_probe_name", "on-healthy"),
+            ("node", node.as_str()),
+            ("storage_class", healthy.as_str()),
+            ("on_time", "true"),
+        ];
+        let mut last = String::new();
+        let found = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                last = controller.metrics().await;
+                if scrape_value(&last, "pie_mount_probe_total", &labels).is_some_and(|v| v >= 1.0)
+                    && scrape_value(
+                        &last,
+                        "pie_performance_on_mount_probe_total",
+                        &[
+                            ("pie_probe_name", "on-healthy"),
+                            ("node", node.as_str()),
+                            ("storage_class", healthy.as_str()),
+                            ("succeed", "true"),
+                        ],
+                    )
+                    .is_some_and(|v| v >= 1.0)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+        .await;
+        let pods = cluster.kubectl(&["-n", &ns.name, "get", "pods,events", "-o", "wide"]);
+        assert!(
+            found.is_ok(),
+            "no on-time, successful mount probe of {node} in /metrics:\n{}\n\npods and events:\n{}\n\ncontroller log:\n{}\n\nkubelet log:\n{}",
+            last.lines()
+                .filter(|l| l.starts_with("pie_mount")
+                    || l.starts_with("pie_perf")
+                    || l.starts_with("pie_receiver"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&pods.stdout),
+            controller.log_tail(),
+            cluster.log_tail("kubelet", 40),
+        );
+        // And it was pushed: VictoriaMetrics has the series with the cluster label.
+        let series = vm
+            .export_until(
+                &format!(
+                    "pie_mount_probe_total{{pie_probe_name=\"on-healthy\",node=\"{node}\",cluster=\"e2e\"}}"
+                ),
+                Duration::from_secs(30),
+                |s| !s.is_empty(),
+            )
+            .await;
+        assert!(!series.is_empty(), "pie_mount_probe_total was not pushed");
+    }
 
     probes
-        .delete("on-standard", &DeleteParams::background())
+        .delete("on-healthy", &DeleteParams::background())
         .await
         .unwrap();
-    let selector = ListParams::default().labels("pie-probe=on-standard");
+    let selector = ListParams::default().labels("pie-probe=on-healthy");
     eventually(
-        "on-standard's objects to be garbage collected",
-        Duration::from_secs(180),
+        "on-healthy's objects to be garbage collected",
+        Duration::from_secs(120),
         || async {
             cron_jobs.list(&selector).await.unwrap().items.is_empty()
                 && pvcs.list(&selector).await.unwrap().items.is_empty()
@@ -242,10 +392,10 @@ async fn pieprobes_get_owned_cron_jobs_and_pvcs_that_go_with_them() {
             .await
             .unwrap()
             .items
-            .is_empty()
+            .is_empty(),
+        "deleting one PieProbe must leave the other's CronJobs"
     );
-
-    controller.abort();
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
-    let _ = classes.delete(MISSING_SC, &DeleteParams::default()).await;
+    assert_no_denials(cluster);
+    drop(controller);
+    ns.delete().await;
 }
