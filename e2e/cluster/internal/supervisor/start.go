@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -215,7 +216,7 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 		DefaultStorageClass, provisioner.Name, MissingProvisionerClass)
 	fmt.Fprintf(&b, "kubeconfig: %s\n", s.st.path("kubeconfig"))
 	fmt.Fprintf(&b, "logs: %s\n", s.st.path("logs"))
-	fmt.Fprintf(&b, "try: KUBECONFIG=%s kubectl get nodes\n", s.st.path("kubeconfig"))
+	fmt.Fprintf(&b, "try: KUBECONFIG=%s %s get nodes\n", s.st.path("kubeconfig"), filepath.Join(filepath.Dir(s.opts.Self), "kubectl"))
 	return b.String(), nil
 }
 
