@@ -190,18 +190,36 @@ pub async fn run(
             recorder.clone(),
             handles.eligibility.clone(),
         ));
-        let controller = Controller::new(
+        // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
+        // signal of its own: the Controller already waits on the store (it holds its runner
+        // until the first list), and a second waiter on the same store can hang forever
+        // (see `ready`).
+        let (probes, probe_writer) = reflector::store();
+        let (probes_synced, probes_synced_rx) = tokio::sync::watch::channel(false);
+        let probe_events = watcher(
             scoped::<PieProbe>(&client, ns),
             watcher::Config::default().any_semantic(),
-        );
-        let probes = controller.store();
+        )
+        .default_backoff()
+        .reflect(probe_writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                probes_synced.send_replace(true);
+            }
+        })
+        .applied_objects();
+        let controller = Controller::for_stream(probe_events, probes.clone());
         handles
             .probe_stores
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(probes.clone());
-        to_sync.extend([ready(probes.clone()), ready(cron_jobs), ready(pvcs)]);
-        probes_ready.push(ready(probes.clone()));
+        to_sync.extend([
+            listed(probes_synced_rx.clone()),
+            ready(cron_jobs),
+            ready(pvcs),
+        ]);
+        probes_ready.push(listed(probes_synced_rx));
         let shutdown = leadership_lost(leading.clone());
         let run = controller
             .owns_stream(owned(
@@ -273,13 +291,29 @@ pub async fn run(
 }
 
 /// Resolves when `store` has its first full list.
+/// Resolves once `store` has its first list. Give each store at most one such waiter:
+/// `Store::wait_until_ready` keeps a single waker (a oneshot channel underneath), so of two
+/// tasks waiting on one store only the last to poll is woken; the other waits forever. The real
+/// API server showed it (a PieProbe store waited on twice never became ready in about one start
+/// of three); [`listed`] is for a store several tasks wait on.
 fn ready<K>(store: Store<K>) -> futures::future::BoxFuture<'static, ()>
 where
     K: Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync + Default,
 {
     Box::pin(async move {
         let _ = store.wait_until_ready().await;
+        tracing::debug!(kind = %K::kind(&Default::default()), "cache synced");
+    })
+}
+
+/// Resolves once the watch behind `synced` has finished its first list (any number of waiters).
+fn listed(
+    mut synced: tokio::sync::watch::Receiver<bool>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let _ = synced.wait_for(|listed| *listed).await;
+        tracing::debug!(kind = "PieProbe", "cache synced");
     })
 }
 
