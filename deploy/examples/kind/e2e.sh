@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end on kind: builds both images, creates a kind cluster, runs the gated cluster test
+# End-to-end on kind: builds both images, creates a kind cluster, runs the cluster test
 # (e2e/tests/cluster.rs, with PIE_E2E_KUBECONFIG set to the cluster) before pie is installed
 # there, then loads the images, installs pie with an in-cluster VictoriaMetrics and vmalert
 # (deploy/examples/kind), probes kind's `standard` StorageClass, and checks that probe results
