@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Deserialize;
 
-use crate::{PieBinaries, Process, free_port, http_client, pie_binaries, target_dir};
+use crate::{PieBinaries, Process, free_port, pie_binaries, target_dir};
 
 /// The agent image the tests' PieProbes use: `deploy/`'s tag, mapped to the `pie-agent` built
 /// for the tests.
@@ -511,14 +511,7 @@ impl PieController {
 
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> String {
-        http_client()
-            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("/metrics body")
+        crate::scrape(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await
     }
 
     /// The last lines of its log.

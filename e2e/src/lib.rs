@@ -18,6 +18,17 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tempfile::TempDir;
 
+/// GETs a `/metrics` URL and returns its text; panics unless it answers 2xx.
+pub async fn scrape(url: &str) -> String {
+    let resp = http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.text().await.expect("/metrics body")
+}
+
 /// Returns the full path of `binary`, or panics saying which Debian package provides it.
 pub fn require_binary(binary: &str, debian_package: &str) -> PathBuf {
     find_binary(binary).unwrap_or_else(|| {
@@ -711,10 +722,7 @@ impl PieReceive {
 
     /// `/metrics` in the Prometheus text format.
     pub async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        let resp = http_client().get(&url).send().await.expect("GET /metrics");
-        assert!(resp.status().is_success(), "/metrics: {}", resp.status());
-        resp.text().await.expect("/metrics body")
+        scrape(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await
     }
 
     /// POSTs `result` as JSON with the shared token; returns the status code.

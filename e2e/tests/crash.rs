@@ -70,14 +70,7 @@ impl Controller {
     }
 
     async fn metrics(&self) -> String {
-        http_client()
-            .get(&self.metrics_url)
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("/metrics body")
+        e2e::scrape(&self.metrics_url).await
     }
 
     /// Polls `/metrics` until `done` holds; panics with the log after `timeout`.
