@@ -467,3 +467,70 @@ fn triggers(
         stream::iter(refs)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use k8s_openapi::api::core::v1::Node;
+    use kube::runtime::{reflector, watcher};
+
+    use super::listed;
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Why `ready` allows one waiter per store: of two futures waiting on one store, only the
+    /// one polled last is woken by the first list. If kube-runtime ever wakes both, this test
+    /// fails and the PieProbe store can go back to `Store::wait_until_ready`.
+    #[test]
+    fn a_store_wakes_only_its_last_waiter() {
+        let (store, mut writer) = reflector::store::<Node>();
+        let (first, second) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
+        let mut a = Box::pin(store.wait_until_ready());
+        let mut b = Box::pin(store.wait_until_ready());
+        let waker_a = Waker::from(first.clone());
+        let waker_b = Waker::from(second.clone());
+        assert!(
+            a.as_mut()
+                .poll(&mut Context::from_waker(&waker_a))
+                .is_pending()
+        );
+        assert!(
+            b.as_mut()
+                .poll(&mut Context::from_waker(&waker_b))
+                .is_pending()
+        );
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(second.0.load(Ordering::SeqCst), "the last waiter is woken");
+        assert!(
+            !first.0.load(Ordering::SeqCst),
+            "kube-runtime now wakes every waiter of a store"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pieprobe_list_reaches_every_waiter() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(listed(rx.clone()))).collect();
+        tokio::task::yield_now().await;
+        tx.send_replace(true);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("every waiter sees the first list")
+                .unwrap();
+        }
+        // A waiter that comes after the list returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), listed(rx))
+            .await
+            .expect("a late waiter returns at once");
+    }
+}
