@@ -7,6 +7,7 @@
 //! `pie/pie-controller` with exactly `deploy/base/rbac.yaml`'s RBAC; any request the API server
 //! refuses it (403, from the audit log) fails the test.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use e2e::cluster::{
@@ -316,6 +317,36 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
             "mount-now",
             &format!("--from=cronjob/{cron_job}"),
         ]);
+        // And one provision probe: its generic ephemeral volume is provisioned for it, the
+        // controller times the Pod and the claim from the watches.
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "create",
+            "job",
+            "provision-now",
+            &format!(
+                "--from=cronjob/{}",
+                names::provision_cronjob("on-healthy", &healthy)
+            ),
+        ]);
+        let provision_labels = [
+            ("pie_probe_name", "on-healthy"),
+            ("storage_class", healthy.as_str()),
+        ];
+        // And one on the StorageClass whose provisioner does not exist: its Pod never starts,
+        // which must count as not on time once probeThreshold (30 s) has passed.
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "create",
+            "job",
+            "provision-missing",
+            &format!(
+                "--from=cronjob/{}",
+                names::provision_cronjob("on-missing", &missing)
+            ),
+        ]);
         let labels = [
             ("pie_probe_name", "on-healthy"),
             ("node", node.as_str()),
@@ -338,6 +369,22 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
                         ],
                     )
                     .is_some_and(|v| v >= 1.0)
+                    && scrape_value(
+                        &last,
+                        "pie_provision_probe_total",
+                        &[
+                            provision_labels[0],
+                            provision_labels[1],
+                            ("on_time", "true"),
+                        ],
+                    )
+                    .is_some_and(|v| v >= 1.0)
+                    && scrape_value(
+                        &last,
+                        "pie_probe_volume_provision_seconds_count",
+                        &provision_labels,
+                    )
+                    .is_some_and(|v| v >= 1.0)
                 {
                     break;
                 }
@@ -348,10 +395,12 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
         let pods = cluster.kubectl(&["-n", &ns.name, "get", "pods,events", "-o", "wide"]);
         assert!(
             found.is_ok(),
-            "no on-time, successful mount probe of {node} in /metrics:\n{}\n\npods and events:\n{}\n\ncontroller log:\n{}\n\nkubelet log:\n{}",
+            "no on-time, successful mount probe of {node} and on-time provision probe in /metrics:\n{}\n\npods and events:\n{}\n\ncontroller log:\n{}\n\nkubelet log:\n{}",
             last.lines()
                 .filter(|l| l.starts_with("pie_mount")
                     || l.starts_with("pie_perf")
+                    || l.starts_with("pie_provision")
+                    || l.starts_with("pie_probe_volume")
                     || l.starts_with("pie_receiver"))
                 .collect::<Vec<_>>()
                 .join("\n"),
@@ -359,6 +408,50 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
             controller.log_tail(),
             cluster.log_tail("kubelet", 40),
         );
+        let missing_labels = [
+            ("pie_probe_name", "on-missing"),
+            ("storage_class", missing.as_str()),
+            ("on_time", "false"),
+        ];
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let late = loop {
+            last = controller.metrics().await;
+            if scrape_value(&last, "pie_provision_probe_total", &missing_labels)
+                .is_some_and(|v| v >= 1.0)
+            {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        assert!(
+            late,
+            "the provision probe on {missing} was not counted as not on time:\n{}\n\ncontroller log:\n{}",
+            last.lines()
+                .filter(|l| l.starts_with("pie_provision") || l.starts_with("pie_probe_failures"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            controller.log_tail(),
+        );
+        let reasons: Vec<&str> = last
+            .lines()
+            .filter(|l| {
+                l.starts_with("pie_probe_failures_total{")
+                    && l.contains("pie_probe_name=\"on-missing\"")
+                    && l.contains("probe=\"provision\"")
+            })
+            .collect();
+        assert!(
+            !reasons.is_empty(),
+            "a late provision probe has a failure reason: {last}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "provision probe on {missing}: {reasons:?}"
+        );
+
         // And it was pushed: VictoriaMetrics has the series with the cluster label.
         let series = vm
             .export_until(
