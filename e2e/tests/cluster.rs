@@ -59,6 +59,18 @@ where
     }
 }
 
+/// Runs a CronJob once now, as an admin would: `kubectl create job JOB --from=cronjob/CRON_JOB`.
+fn run_now(cluster: &TestCluster, namespace: &str, job: &str, cron_job: &str) {
+    cluster.kubectl_ok(&[
+        "-n",
+        namespace,
+        "create",
+        "job",
+        job,
+        &format!("--from=cronjob/{cron_job}"),
+    ]);
+}
+
 fn assert_no_denials(cluster: &TestCluster) {
     let denied = cluster.denied_requests(CONTROLLER_USER);
     assert!(
@@ -308,45 +320,32 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
         // the probe Pod runs pie-agent with its projected token, fio writes to the PV's host
         // directory and the result reaches the receiver, which checks the token by TokenReview.
         let node = &nodes[0];
-        let cron_job = names::mount_cronjob("on-healthy", node, &healthy);
-        cluster.kubectl_ok(&[
-            "-n",
+        run_now(
+            cluster,
             &ns.name,
-            "create",
-            "job",
             "mount-now",
-            &format!("--from=cronjob/{cron_job}"),
-        ]);
+            &names::mount_cronjob("on-healthy", node, &healthy),
+        );
         // And one provision probe: its generic ephemeral volume is provisioned for it, the
         // controller times the Pod and the claim from the watches.
-        cluster.kubectl_ok(&[
-            "-n",
+        run_now(
+            cluster,
             &ns.name,
-            "create",
-            "job",
             "provision-now",
-            &format!(
-                "--from=cronjob/{}",
-                names::provision_cronjob("on-healthy", &healthy)
-            ),
-        ]);
+            &names::provision_cronjob("on-healthy", &healthy),
+        );
         let provision_labels = [
             ("pie_probe_name", "on-healthy"),
             ("storage_class", healthy.as_str()),
         ];
         // And one on the StorageClass whose provisioner does not exist: its Pod never starts,
         // which must count as not on time once probeThreshold (30 s) has passed.
-        cluster.kubectl_ok(&[
-            "-n",
+        run_now(
+            cluster,
             &ns.name,
-            "create",
-            "job",
             "provision-missing",
-            &format!(
-                "--from=cronjob/{}",
-                names::provision_cronjob("on-missing", &missing)
-            ),
-        ]);
+            &names::provision_cronjob("on-missing", &missing),
+        );
         let labels = [
             ("pie_probe_name", "on-healthy"),
             ("node", node.as_str()),
