@@ -59,6 +59,11 @@ struct LocalCluster {
     _child: Mutex<Child>,
 }
 
+/// Whether `PIE_E2E_KEEP_CLUSTER` asks to keep the cluster's and the controller's dirs.
+fn keep_after_run() -> bool {
+    std::env::var_os("PIE_E2E_KEEP_CLUSTER").is_some()
+}
+
 /// The cluster of this test binary, started on first use. `None` (after printing why on
 /// stderr) only when neither `PIE_E2E_KUBECONFIG` is set nor Go is installed; a cluster that
 /// fails to start fails the test.
@@ -118,7 +123,7 @@ fn start_local() -> TestCluster {
         .tempdir()
         .expect("temp dir for the local cluster")
         .keep();
-    let keep = std::env::var_os("PIE_E2E_KEEP_CLUSTER").is_some();
+    let keep = keep_after_run();
     let out = std::fs::File::create(dir.with_extension("out")).expect("cluster output file");
     let mut command = Command::new(&binary);
     command
@@ -451,7 +456,7 @@ impl PieController {
             .tempdir()
             .expect("temp dir");
         // With PIE_E2E_KEEP_CLUSTER the controller's log is kept too.
-        let (dir, path) = if std::env::var_os("PIE_E2E_KEEP_CLUSTER").is_some() {
+        let (dir, path) = if keep_after_run() {
             let path = dir.keep();
             (None, path)
         } else {
@@ -512,6 +517,19 @@ impl PieController {
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> String {
         crate::scrape(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await
+    }
+
+    /// Polls `/metrics` every second until `done` holds for it or `timeout` passes; returns
+    /// the last text either way.
+    pub async fn metrics_until(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().await;
+            if done(&text) || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The last lines of its log.

@@ -352,48 +352,42 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
             ("storage_class", healthy.as_str()),
             ("on_time", "true"),
         ];
-        let mut last = String::new();
-        let found = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                last = controller.metrics().await;
-                if scrape_value(&last, "pie_mount_probe_total", &labels).is_some_and(|v| v >= 1.0)
-                    && scrape_value(
-                        &last,
-                        "pie_performance_on_mount_probe_total",
-                        &[
-                            ("pie_probe_name", "on-healthy"),
-                            ("node", node.as_str()),
-                            ("storage_class", healthy.as_str()),
-                            ("succeed", "true"),
-                        ],
-                    )
-                    .is_some_and(|v| v >= 1.0)
-                    && scrape_value(
-                        &last,
-                        "pie_provision_probe_total",
-                        &[
-                            provision_labels[0],
-                            provision_labels[1],
-                            ("on_time", "true"),
-                        ],
-                    )
-                    .is_some_and(|v| v >= 1.0)
-                    && scrape_value(
-                        &last,
-                        "pie_probe_volume_provision_seconds_count",
-                        &provision_labels,
-                    )
-                    .is_some_and(|v| v >= 1.0)
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-        .await;
+        let reported = |m: &str| {
+            scrape_value(m, "pie_mount_probe_total", &labels).is_some_and(|v| v >= 1.0)
+                && scrape_value(
+                    m,
+                    "pie_performance_on_mount_probe_total",
+                    &[
+                        ("pie_probe_name", "on-healthy"),
+                        ("node", node.as_str()),
+                        ("storage_class", healthy.as_str()),
+                        ("succeed", "true"),
+                    ],
+                )
+                .is_some_and(|v| v >= 1.0)
+                && scrape_value(
+                    m,
+                    "pie_provision_probe_total",
+                    &[
+                        provision_labels[0],
+                        provision_labels[1],
+                        ("on_time", "true"),
+                    ],
+                )
+                .is_some_and(|v| v >= 1.0)
+                && scrape_value(
+                    m,
+                    "pie_probe_volume_provision_seconds_count",
+                    &provision_labels,
+                )
+                .is_some_and(|v| v >= 1.0)
+        };
+        let last = controller
+            .metrics_until(Duration::from_secs(120), reported)
+            .await;
         let pods = cluster.kubectl(&["-n", &ns.name, "get", "pods,events", "-o", "wide"]);
         assert!(
-            found.is_ok(),
+            reported(&last),
             "no on-time, successful mount probe of {node} and on-time provision probe in /metrics:\n{}\n\npods and events:\n{}\n\ncontroller log:\n{}\n\nkubelet log:\n{}",
             last.lines()
                 .filter(|l| l.starts_with("pie_mount")
@@ -412,21 +406,14 @@ async fn pieprobes_become_owned_cron_jobs_and_pvcs_and_probe_pods_report_back() 
             ("storage_class", missing.as_str()),
             ("on_time", "false"),
         ];
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        let late = loop {
-            last = controller.metrics().await;
-            if scrape_value(&last, "pie_provision_probe_total", &missing_labels)
-                .is_some_and(|v| v >= 1.0)
-            {
-                break true;
-            }
-            if std::time::Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let late = |m: &str| {
+            scrape_value(m, "pie_provision_probe_total", &missing_labels).is_some_and(|v| v >= 1.0)
         };
+        let last = controller
+            .metrics_until(Duration::from_secs(90), late)
+            .await;
         assert!(
-            late,
+            late(&last),
             "the provision probe on {missing} was not counted as not on time:\n{}\n\ncontroller log:\n{}",
             last.lines()
                 .filter(|l| l.starts_with("pie_provision") || l.starts_with("pie_probe_failures"))

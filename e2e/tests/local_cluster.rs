@@ -384,11 +384,7 @@ async fn nothing_of_the_cluster_listens_beyond_loopback() {
         return;
     };
     let dir = cluster.dir().unwrap();
-    let pids: Vec<u32> = std::fs::read_dir(dir.join("pids"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
-        .collect();
+    let pids: Vec<u32> = recorded_pids(dir).into_iter().map(|(_, pid)| pid).collect();
     assert!(pids.len() >= 6, "pids/ lists the components: {pids:?}");
     let listening = listening_addresses(&pids);
     assert!(!listening.is_empty());
@@ -458,21 +454,27 @@ fn one_line(out: &Output) -> String {
     text
 }
 
-fn running_pids(dir: &Path) -> Vec<String> {
-    let mut alive = Vec::new();
-    for entry in std::fs::read_dir(dir.join("pids"))
+/// `(component, pid)` of every process the supervisor recorded in `<dir>/pids/` ("PID START").
+fn recorded_pids(dir: &Path) -> Vec<(String, u32)> {
+    std::fs::read_dir(dir.join("pids"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if let Some(pid) = text.split_whitespace().next()
-            && Path::new(&format!("/proc/{pid}")).exists()
-        {
-            alive.push(format!("{} ({pid})", entry.file_name().to_string_lossy()));
-        }
-    }
-    alive
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let pid = text.split_whitespace().next()?.parse().ok()?;
+            Some((entry.file_name().to_string_lossy().into_owned(), pid))
+        })
+        .collect()
+}
+
+/// The recorded processes that still run, as `component (pid)`.
+fn running_pids(dir: &Path) -> Vec<String> {
+    recorded_pids(dir)
+        .into_iter()
+        .filter(|(_, pid)| Path::new(&format!("/proc/{pid}")).exists())
+        .map(|(name, pid)| format!("{name} ({pid})"))
+        .collect()
 }
 
 fn temp_state_dir() -> (tempfile::TempDir, PathBuf) {
