@@ -7,7 +7,8 @@ use crate::deliver::{Deliverer, DeliveryError};
 use crate::fio::FioJob;
 use crate::probe::{ProbeIdentity, mount_probe};
 use crate::provision::write_check;
-use crate::result::{ProbeResult, validate_dns_subdomain};
+use pie_api::ProbeResult;
+use pie_api::result::validate_dns_subdomain;
 
 /// The process exit codes (see [`crate::cli::EXIT_CODES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tracing::{info, warn};
 
-use crate::result::ProbeResult;
+use pie_api::ProbeResult;
 
 /// Path of the controller's result receiver, relative to the controller URL.
 pub const RESULTS_PATH: &str = "/api/v1/results";

@@ -6,7 +6,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use crate::fio::{self, FioJob, Measurement};
-use crate::result::ProbeResult;
+use pie_api::ProbeResult;
 
 /// Who the result is for: the names the controller files it under.
 #[derive(Debug, Clone)]

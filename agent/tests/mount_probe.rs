@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Controller, Reply, agent, fake_fio, fixture, mount_args, real_fs_tempdir};
-use pie_agent::result::ProbeResult;
+use pie_api::ProbeResult;
 
 fn controller() -> Controller {
     Controller::start(Vec::new(), Reply::status(204))

@@ -1,36 +1,17 @@
 //! Who may post results: a shared token (`receive`), nobody checked (`--insecure-no-auth`), or
 //! the probe Pod's projected ServiceAccount token checked with a TokenReview (`run`).
 
-use std::fmt;
 use std::path::Path;
 
 use futures::future::BoxFuture;
+use std::fmt;
 use subtle::ConstantTimeEq;
 
 pub mod tokenreview;
 
 pub use tokenreview::TokenReviewAuth;
 
-/// A mount probe: the (PieProbe, node, StorageClass) triple a result is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Triple {
-    /// PieProbe name.
-    pub pie_probe_name: String,
-    /// Node name.
-    pub node: String,
-    /// StorageClass name.
-    pub storage_class: String,
-}
-
-impl fmt::Display for Triple {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pie_probe_name={} node={} storage_class={}",
-            self.pie_probe_name, self.node, self.storage_class
-        )
-    }
-}
+use pie_api::ProbeKey;
 
 /// Who the caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,12 +19,12 @@ pub enum Identity {
     /// May report for any probe (shared token, or no authentication).
     Anyone,
     /// A probe Pod: may report only for this triple.
-    Probe(Triple),
+    Probe(ProbeKey),
 }
 
 impl Identity {
     /// Whether this caller may report for `triple`.
-    pub fn may_report(&self, triple: &Triple) -> bool {
+    pub fn may_report(&self, triple: &ProbeKey) -> bool {
         match self {
             Identity::Anyone => true,
             Identity::Probe(own) => own == triple,
@@ -199,7 +180,7 @@ mod tests {
 
     #[test]
     fn probes_report_only_for_themselves() {
-        let t = |n: &str| Triple {
+        let t = |n: &str| ProbeKey {
             pie_probe_name: "p".into(),
             node: n.into(),
             storage_class: "sc".into(),

@@ -131,7 +131,7 @@ fn push_doc<T: serde::Serialize>(out: &mut String, value: &T) -> Result<()> {
 mod tests {
     use super::*;
     use crate::fixtures::config;
-    use crate::plan::names;
+    use pie_api::names;
 
     const PROBE: &str = include_str!("../examples/pieprobe.yaml");
     const NODES: &str = include_str!("../examples/nodes.yaml");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pie_agent::cli::parse_duration;
+use pie_api::units::parse_duration;
 use remote_write::{
     Auth, BatchConfig, Client, ClientConfig, ConfigError, EndpointConfig, Fsync, Series,
 };

@@ -20,10 +20,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use pie_agent::result::ProbeResult;
+use pie_api::{ProbeKey, ProbeResult};
 use serde_json::json;
 
-use crate::auth::{AuthError, Authenticator, Triple, bearer};
+use crate::auth::{AuthError, Authenticator, bearer};
 use crate::push::{Pusher, now_ms};
 use crate::store::{self, Op, Update};
 
@@ -33,7 +33,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Which mount probes results are accepted for.
 pub trait Targets: Send + Sync + fmt::Debug {
     /// Whether `triple` is a mount probe this controller manages.
-    fn contains(&self, triple: &Triple) -> bool;
+    fn contains(&self, triple: &ProbeKey) -> bool;
 
     /// Whether this replica knows its probes (the leader with synced caches); others answer
     /// 503 so the probe retries and reaches the leader.
@@ -47,17 +47,17 @@ pub trait Targets: Send + Sync + fmt::Debug {
 pub struct AnyTarget;
 
 impl Targets for AnyTarget {
-    fn contains(&self, _: &Triple) -> bool {
+    fn contains(&self, _: &ProbeKey) -> bool {
         true
     }
 }
 
 /// A fixed set of probes.
 #[derive(Debug, Clone, Default)]
-pub struct FixedTargets(pub BTreeSet<Triple>);
+pub struct FixedTargets(pub BTreeSet<ProbeKey>);
 
 impl Targets for FixedTargets {
-    fn contains(&self, triple: &Triple) -> bool {
+    fn contains(&self, triple: &ProbeKey) -> bool {
         self.0.contains(triple)
     }
 }
@@ -204,7 +204,7 @@ async fn check(
             "this replica is not the leader or its caches are not synced yet; retry",
         ));
     }
-    let triple = Triple {
+    let triple = ProbeKey {
         pie_probe_name: result.pie_probe_name.clone(),
         node: result.node.clone(),
         storage_class: result.storage_class.clone(),

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::auth::{TokenReviewAuth, Triple};
+use pie_api::ProbeKey;
+
+use crate::auth::TokenReviewAuth;
 use crate::health::{Health, parse_addr};
 use crate::outcome::machine::{ProbeKind, zero_updates};
 use crate::plan::NodeEligibility;
@@ -27,7 +29,7 @@ pub struct ManagedTargets {
 }
 
 impl Targets for ManagedTargets {
-    fn contains(&self, triple: &Triple) -> bool {
+    fn contains(&self, triple: &ProbeKey) -> bool {
         self.handles.node_eligibility().iter().any(|e| {
             e.pie_probe == triple.pie_probe_name
                 && e.node == triple.node

@@ -19,8 +19,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use pie_api::names;
 use pie_controller::crd::PieProbe;
-use pie_controller::plan::names;
 
 const CONTROLLER_USER: &str = "system:serviceaccount:pie:pie-controller";
 

@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use sha1::{Digest, Sha1};
 
-use super::{AuthError, Authenticator, Identity, Triple};
+use pie_api::ProbeKey;
+
+use super::{AuthError, Authenticator, Identity};
 use crate::plan::objects;
 
 /// `user.extra` key with the name of the Pod a token is bound to.
@@ -112,7 +114,7 @@ impl TokenReviewAuth {
                 "Pod {namespace}/{pod_name} was replaced"
             )));
         }
-        probe_triple(&pod).map(Identity::Probe).ok_or_else(|| {
+        probe_key(&pod).map(Identity::Probe).ok_or_else(|| {
             AuthError::Forbidden(format!(
                 "Pod {namespace}/{pod_name} is not a mount probe of pie-controller"
             ))
@@ -121,7 +123,7 @@ impl TokenReviewAuth {
 }
 
 /// The triple a mount-probe Pod may report for: its labels, and the node it actually runs on.
-pub fn probe_triple(pod: &Pod) -> Option<Triple> {
+pub fn probe_key(pod: &Pod) -> Option<ProbeKey> {
     let labels = pod.metadata.labels.as_ref()?;
     let label = |k: &str| labels.get(k).map(String::as_str);
     if label(objects::LABEL_MANAGED_BY) != Some(objects::MANAGER)
@@ -133,7 +135,7 @@ pub fn probe_triple(pod: &Pod) -> Option<Triple> {
     if label(objects::LABEL_NODE) != Some(node) {
         return None;
     }
-    Some(Triple {
+    Some(ProbeKey {
         pie_probe_name: label(objects::LABEL_PIE_PROBE)?.to_owned(),
         node: node.to_owned(),
         storage_class: label(objects::LABEL_STORAGE_CLASS)?.to_owned(),
@@ -244,7 +246,7 @@ mod tests {
         });
         let identity = auth.authenticate(Some("tok-a")).await;
         let _server = api.await.unwrap();
-        let want = Identity::Probe(Triple {
+        let want = Identity::Probe(ProbeKey {
             pie_probe_name: "test-pie-probe".into(),
             node: "node-a".into(),
             storage_class: "topolvm-provisioner".into(),

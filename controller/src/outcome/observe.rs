@@ -19,9 +19,8 @@ use crate::plan::objects::{
     LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER,
 };
 
-/// Annotation marking a probe Pod whose outcome was counted (value `"true"`). A Pod carrying it
-/// is never counted again, also after a restart.
-pub const ANNOTATION_COUNTED: &str = "pie.topolvm.io/counted";
+pub use pie_api::labels::ANNOTATION_COUNTED;
+use pie_api::names::is_probe_object;
 
 /// What the observations need to know about PieProbes and the plan.
 pub trait ProbeIndex {
@@ -43,18 +42,6 @@ pub fn parse_threshold_ms(threshold: &str) -> Option<i64> {
     let d: std::time::Duration = d.into();
     let ms = i64::try_from(d.as_millis()).ok()?;
     (ms > 0).then_some(ms)
-}
-
-/// Whether an object of `kind` called `name` can be a probe Pod or probe PVC: probe Pods are
-/// named after their CronJob (`provision-…`, `mount-…`), ephemeral PVCs after their Pod, mount
-/// PVCs `pie-pvc-…`.
-pub fn is_probe_object(kind: &str, name: &str) -> bool {
-    let probe_pod = name.starts_with("provision-") || name.starts_with("mount-");
-    match kind {
-        "Pod" => probe_pod,
-        "PersistentVolumeClaim" => probe_pod || name.starts_with("pie-pvc-"),
-        _ => false,
-    }
 }
 
 fn label<'a>(

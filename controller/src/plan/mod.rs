@@ -4,7 +4,6 @@
 //! No Kubernetes I/O happens here; the reconciler and `pie-controller plan` share this code.
 
 pub mod eligibility;
-pub mod names;
 pub mod node_selector;
 pub mod objects;
 
@@ -15,6 +14,7 @@ use std::str::FromStr;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
 use kube::Resource;
+use pie_api::names;
 use sha1::{Digest, Sha1};
 
 use crate::crd::PieProbe;
@@ -139,10 +139,11 @@ impl<K: Resource> Desired<'_, K> {
 
 /// The source of everything that shapes the objects: a change to it changes every hash, so an
 /// upgraded controller re-applies what it would now build differently.
-const OBJECT_CODE: [&str; 3] = [
+const OBJECT_CODE: [&str; 4] = [
     env!("CARGO_PKG_VERSION"),
     include_str!("objects.rs"),
-    include_str!("names.rs"),
+    pie_api::names::SOURCE,
+    pie_api::labels::SOURCE,
 ];
 
 fn inputs_hash(probe: &PieProbe, config: &Config) -> [u8; 20] {

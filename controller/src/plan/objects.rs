@@ -22,37 +22,22 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use super::{Config, names, node_selector};
+use pie_api::names;
+
+use super::{Config, node_selector};
 use crate::crd::PieProbe;
 
-/// Label with the StorageClass name (pie's).
-pub const LABEL_STORAGE_CLASS: &str = "storage-class";
-/// Label with the PieProbe name (pie's).
-pub const LABEL_PIE_PROBE: &str = "pie-probe";
-/// Label with the node name, on mount probes only (pie's).
-pub const LABEL_NODE: &str = "node";
-/// `app.kubernetes.io/managed-by`, value [`MANAGER`].
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// `app.kubernetes.io/component`: [`COMPONENT_PROVISION`] or [`COMPONENT_MOUNT`].
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-/// Value of [`LABEL_MANAGED_BY`], and the server-side apply field manager.
-pub const MANAGER: &str = "pie-controller";
-/// Component of provision probe objects.
-pub const COMPONENT_PROVISION: &str = "provision-probe";
-/// Component of mount probe objects.
-pub const COMPONENT_MOUNT: &str = "mount-probe";
-/// Annotation holding a hash of the desired object, so an unchanged object is not re-applied.
-pub const ANNOTATION_DESIRED_HASH: &str = "pie.topolvm.io/desired-hash";
-/// Name of the probe container (pie's).
-pub const CONTAINER_NAME: &str = "probe";
+pub use pie_api::labels::{
+    ANNOTATION_DESIRED_HASH, COMPONENT_MOUNT, COMPONENT_PROVISION, CONTAINER_NAME, LABEL_COMPONENT,
+    LABEL_MANAGED_BY, LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER, TOKEN_AUDIENCE,
+};
+
 /// Where the probe volume is mounted (pie's).
 pub const MOUNT_PATH: &str = "/mounted";
 /// Directory of the projected ServiceAccount token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/pie";
 /// File of the projected ServiceAccount token.
 pub const TOKEN_PATH: &str = "/var/run/secrets/pie/token";
-/// Audience of the projected token, checked by the controller's receiver.
-pub const TOKEN_AUDIENCE: &str = "pie-controller";
 /// Lifetime of the projected token (the kubelet rotates it at 80%).
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// uid, gid and fsGroup of probe Pods (pie's).

@@ -32,8 +32,8 @@ impl Authenticator for Tokens {
     }
 }
 
-fn triple(node: &str) -> Triple {
-    Triple {
+fn triple(node: &str) -> ProbeKey {
+    ProbeKey {
         pie_probe_name: "test-pie-probe".into(),
         node: node.into(),
         storage_class: "topolvm-provisioner".into(),
@@ -450,6 +450,22 @@ async fn pies_own_result_and_failures() {
         "a failed probe sets no latency"
     );
     assert_eq!(store.get(&store::LAST_SUCCESS, &l), None);
+}
+
+/// A probe's number is stored as the double its JSON text names, bit for bit.
+#[tokio::test]
+async fn numbers_reach_the_store_bit_for_bit() {
+    let (router, store) = receiver(node_tokens());
+    let text = "0.0010040000000000001";
+    let (status, body) = send(&router, post(valid_with("write_latency", text))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let Some(Value::Scalar(stored)) = store.get(
+        &store::WRITE_LATENCY,
+        &["test-pie-probe", "node-a", "topolvm-provisioner"],
+    ) else {
+        panic!("no write latency")
+    };
+    assert_eq!(stored.to_bits(), text.parse::<f64>().unwrap().to_bits());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::{ApiServerVerifier, NodeBuilder, PieProbeBuilder, config};
-use crate::plan::names;
+use pie_api::names;
 
 const APPLY: &str = "?&force=true&fieldManager=pie-controller";
 

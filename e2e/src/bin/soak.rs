@@ -20,7 +20,7 @@ use clap::Parser;
 use e2e::{
     Process, VictoriaMetrics, free_port, http_client, probe_result_json, rss_bytes, scrape_value,
 };
-use pie_agent::cli::parse_duration;
+use pie_api::units::parse_duration;
 
 /// Soak test of pie-controller receive with the disk buffer and a restarting VictoriaMetrics.
 #[derive(Debug, Parser)]

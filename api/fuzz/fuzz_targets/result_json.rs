@@ -1,52 +1,35 @@
-//! The results API's input, as `pie-controller`'s receiver handles it: arbitrary bytes parsed
-//! as a `ProbeResult` never panic, and a result that passes `validate` gives valid
-//! remote-write series for every label set the controller builds from it (the receiver's
-//! promise that validation makes store errors unreachable) and still validates after a JSON
-//! round trip. Besides the raw input, a well-formed result object is built from it (names
-//! from its words, numbers from its bytes) so validation itself is reached often.
+//! The results JSON as the controller's receiver reads it: arbitrary bytes parsed as a
+//! `ProbeResult` never panic, and a result that passes `validate` has names that are DNS
+//! subdomains and finite numbers, and comes back from a JSON round trip identical, every float
+//! bit for bit (serde_json's `float_roundtrip`). Besides the raw input, a well-formed result
+//! object is built from it (names from its words, numbers from its bytes) so validation itself
+//! is reached often.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pie_agent::result::ProbeResult;
-use remote_write::Series;
-
-/// The label sets `pie_controller::receiver::result_updates` uses, with their family names.
-fn check_series(r: &ProbeResult) {
-    let probe = [
-        ("pie_probe_name", r.pie_probe_name.as_str()),
-        ("node", r.node.as_str()),
-        ("storage_class", r.storage_class.as_str()),
-    ];
-    let gauge = Series::new("pie_io_write_latency_on_mount_probe_seconds", probe);
-    assert!(gauge.is_ok(), "{r:?}: {gauge:?}");
-    for succeed in ["true", "false"] {
-        let labels = probe.iter().copied().chain([("succeed", succeed)]);
-        let counter = Series::new("pie_performance_on_mount_probe_total", labels);
-        assert!(counter.is_ok(), "{r:?}: {counter:?}");
-    }
-}
+use pie_api::ProbeResult;
+use pie_api::result::validate_dns_subdomain;
 
 fn check(r: &ProbeResult) {
     if r.validate().is_err() {
         return;
     }
-    check_series(r);
+    for (field, name) in [
+        ("pie_probe_name", &r.pie_probe_name),
+        ("node", &r.node),
+        ("storage_class", &r.storage_class),
+    ] {
+        assert!(validate_dns_subdomain(field, name).is_ok(), "{r:?}");
+        assert!(!name.is_empty() && name.is_ascii(), "{r:?}");
+    }
     for v in [r.write_latency, r.read_latency] {
         assert!(v.is_finite() && v >= 0.0, "{r:?}");
     }
     let json = serde_json::to_string(r).expect("a valid result serializes");
     let again: ProbeResult = serde_json::from_str(&json).expect("and parses again");
     assert!(again.validate().is_ok(), "{json}");
-    assert_eq!(
-        (
-            &again.pie_probe_name,
-            &again.node,
-            &again.storage_class,
-            &again.error
-        ),
-        (&r.pie_probe_name, &r.node, &r.storage_class, &r.error)
-    );
+    assert_eq!(&again, r, "{json}");
 }
 
 /// Splits `data` into short strings at 0xff bytes.

@@ -247,6 +247,32 @@ mod tests {
         assert!(err.to_string().contains("read_latency"), "{err}");
     }
 
+    /// The receiver turns these numbers into samples: a 17-digit value must arrive as the
+    /// double it names (the correctly rounded one, as Rust's own parser gives it), not one ulp
+    /// off as serde_json's default fast parser gives some of them.
+    #[test]
+    fn floats_parse_bit_for_bit() {
+        for text in [
+            "0.0010040000000000001",
+            "0.30000000000000004",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+            "123456.78901234567",
+            "5e-324",
+        ] {
+            let json = format!(
+                r#"{{"pie_probe_name":"p","node":"n","storage_class":"s","write_latency":{text},
+                "read_latency":0,"performance_probe_succeed":true}}"#
+            );
+            let r: ProbeResult = serde_json::from_str(&json).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(r.write_latency.to_bits(), want.to_bits(), "{text}");
+            let again: ProbeResult =
+                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(again.write_latency.to_bits(), want.to_bits(), "{text}");
+        }
+    }
+
     #[test]
     fn round_trip_keeps_every_field() {
         let r = ok_result();

@@ -1,7 +1,12 @@
 //! Object names and CronJob schedules, byte-for-byte as topolvm/pie computes them, so a migration
-//! from pie adopts the existing objects instead of duplicating them.
+//! from pie adopts the existing objects instead of duplicating them. Probe Pods are named after
+//! their CronJob, ephemeral PVCs after their Pod, so the prefixes below recognise all of them.
 
 use sha1::{Digest, Sha1};
+
+/// This module's source: the controller hashes it into every desired-object hash, so a change
+/// to how objects are named re-applies them.
+pub const SOURCE: &str = include_str!("names.rs");
 
 /// The first `n` bytes of `s` (pie's `s[:n]`), shortened to a character boundary for non-ASCII.
 fn prefix(s: &str, n: usize) -> &str {
@@ -24,10 +29,27 @@ pub fn h6(probe: &str, node: &str, storage_class: &str) -> String {
     digest[..3].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Prefix of provision probe CronJobs, and so of their Jobs, Pods and ephemeral PVCs.
+pub const PROVISION_PREFIX: &str = "provision-";
+/// Prefix of mount probe CronJobs, Jobs and Pods.
+pub const MOUNT_PREFIX: &str = "mount-";
+/// Prefix of mount probe PVCs.
+pub const PVC_PREFIX: &str = "pie-pvc-";
+
+/// Whether an object of `kind` called `name` can be a probe Pod or probe PVC.
+pub fn is_probe_object(kind: &str, name: &str) -> bool {
+    let probe_pod = name.starts_with(PROVISION_PREFIX) || name.starts_with(MOUNT_PREFIX);
+    match kind {
+        "Pod" => probe_pod,
+        "PersistentVolumeClaim" => probe_pod || name.starts_with(PVC_PREFIX),
+        _ => false,
+    }
+}
+
 /// `provision-<probe[:10]>-<sc[:12]>-<h6>`.
 pub fn provision_cronjob(probe: &str, storage_class: &str) -> String {
     format!(
-        "provision-{}-{}-{}",
+        "{PROVISION_PREFIX}{}-{}-{}",
         prefix(probe, 10),
         prefix(storage_class, 12),
         h6(probe, "", storage_class)
@@ -37,7 +59,7 @@ pub fn provision_cronjob(probe: &str, storage_class: &str) -> String {
 /// `mount-<probe[:10]>-<node[:15]>-<sc[:12]>-<h6>`.
 pub fn mount_cronjob(probe: &str, node: &str, storage_class: &str) -> String {
     format!(
-        "mount-{}-{}-{}-{}",
+        "{MOUNT_PREFIX}{}-{}-{}-{}",
         prefix(probe, 10),
         prefix(node, 15),
         prefix(storage_class, 12),
@@ -48,7 +70,7 @@ pub fn mount_cronjob(probe: &str, node: &str, storage_class: &str) -> String {
 /// `pie-pvc-<probe[:10]>-<node[:11]>-<sc[:14]>-<h6>`.
 pub fn pvc(probe: &str, node: &str, storage_class: &str) -> String {
     format!(
-        "pie-pvc-{}-{}-{}-{}",
+        "{PVC_PREFIX}{}-{}-{}-{}",
         prefix(probe, 10),
         prefix(node, 11),
         prefix(storage_class, 14),
@@ -75,6 +97,29 @@ mod tests {
     fn reference_h6(probe: &str, node: &str, sc: &str) -> String {
         let digest = Sha1::digest(format!("{probe}\0{node}\0{sc}").as_bytes());
         format!("{digest:x}")[..6].to_owned()
+    }
+
+    #[test]
+    fn probe_objects_are_recognised_by_their_name() {
+        let provision = provision_cronjob("p", "sc");
+        let mount = mount_cronjob("p", "n", "sc");
+        let pvc = pvc("p", "n", "sc");
+        for (kind, name, want) in [
+            ("Pod", format!("{provision}-29000000-abcde"), true),
+            ("Pod", format!("{mount}-29000000-abcde"), true),
+            ("Pod", pvc.clone(), false),
+            (
+                "PersistentVolumeClaim",
+                format!("{provision}-x-probe"),
+                true,
+            ),
+            ("PersistentVolumeClaim", pvc, true),
+            ("PersistentVolumeClaim", "data-postgres-0".into(), false),
+            ("Pod", "postgres-0".into(), false),
+            ("Node", mount, false),
+        ] {
+            assert_eq!(is_probe_object(kind, &name), want, "{kind} {name}");
+        }
     }
 
     #[test]

@@ -1,0 +1,17 @@
+//! pie's wire contract: everything the probe (`pie-agent`) and the controller must agree on,
+//! and nothing else. No I/O, no Kubernetes client, no HTTP.
+//!
+//! - [`result`]: the results JSON a mount probe posts, and what the receiver accepts of it.
+//! - [`key`]: the (PieProbe, node, StorageClass) a probe and its results are about.
+//! - [`names`] and [`labels`]: how probe objects are named and labelled, byte for byte as
+//!   topolvm/pie does, so the controller adopts pie's objects and recognises its own.
+//! - [`units`]: the duration and size syntax of flags on both sides.
+
+pub mod key;
+pub mod labels;
+pub mod names;
+pub mod result;
+pub mod units;
+
+pub use key::ProbeKey;
+pub use result::{ProbeResult, ValidationError};
