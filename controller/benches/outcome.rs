@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use pie_controller::outcome::machine::{Machine, Observation, PodObs, ProbeKind};
+use pie_controller::domain::outcome::machine::{Machine, Observation, PodObs, ProbeKind};
 
 fn pod(i: usize, started: Option<i64>) -> PodObs {
     PodObs {

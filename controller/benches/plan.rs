@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use pie_controller::crd::PieProbe;
-use pie_controller::plan::{self, Config};
-use pie_controller::watch;
+use pie_controller::domain::nodes;
+use pie_controller::domain::plan::{self, Config};
 use serde_json::{Value, json};
 
 const NODES: usize = 5_000;
@@ -141,7 +141,7 @@ fn fill_cache(strip: bool) -> reflector::Store<Node> {
     for i in 0..NODES {
         let mut node: Node = serde_json::from_str(&realistic_node_json(i)).expect("node json");
         if strip {
-            watch::strip_node(&mut node);
+            nodes::strip_node(&mut node);
         }
         writer.apply_watcher_event(&watcher::Event::InitApply(node));
     }

@@ -20,12 +20,16 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// Leader election failed, or this replica lost the Lease (the process exits and restarts
+    /// as a follower).
+    #[error("leader election: {0}")]
+    Leadership(String),
     /// Input that is not what it should be.
     #[error("{0}")]
     Input(String),
     /// Nothing can be planned for a PieProbe (invalid spec, missing StorageClass).
     #[error("not planned: {0}")]
-    Blocked(#[from] crate::plan::Blocked),
+    Blocked(#[from] crate::domain::plan::Blocked),
     /// An object lacks a field the controller needs (e.g. a namespace).
     #[error("object is missing {0}")]
     MissingField(&'static str),

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Tain
 use kube::api::ObjectMeta;
 
 use crate::crd::{PieProbe, PieProbeSpec};
-use crate::plan::Config;
+use crate::domain::plan::Config;
 
 /// Builds a Node that is Ready, schedulable and untainted unless told otherwise.
 #[derive(Debug)]

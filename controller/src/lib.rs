@@ -1,26 +1,22 @@
-//! pie-controller: reconciles PieProbes into probe CronJobs and PVCs.
+//! pie-controller: reconciles PieProbes into probe CronJobs and PVCs, times their Pods, receives
+//! the mount probes' results and pushes it all to VictoriaMetrics.
 //!
-//! Domain logic lives in [`plan`] (pure functions, no Kubernetes I/O); [`reconcile`] is the thin
-//! kube-runtime wiring around it.
+//! The folders show the layering (see docs/design.md for the map):
+//! - [`domain`]: pure decisions, no I/O: the plan of probe objects, node eligibility, the
+//!   outcome machine and its observations, PieProbe status.
+//! - [`metrics`]: the metric catalogue, the store, `/metrics`, and the push to remote write.
+//! - [`http`]: the results API, its authentication, health endpoints, binding listeners.
+//! - [`k8s`]: Kubernetes I/O: watches, the reconciler, outcome actions, leader election.
+//! - [`apps`]: the subcommands `run`, `receive` and `plan` as thin composition roots.
 
-pub mod auth;
+pub mod apps;
 pub mod crd;
+pub mod domain;
 pub mod error;
-pub mod exposition;
-pub mod health;
-pub mod leader;
-pub mod offline;
-pub mod outcome;
-pub mod plan;
-pub mod push;
-pub mod receive;
-pub mod receiver;
-pub mod reconcile;
-pub mod run;
-pub mod serve;
-pub mod status;
-pub mod store;
-pub mod watch;
+pub mod http;
+pub mod k8s;
+pub mod metrics;
+pub mod signal;
 
 pub use error::Error;
 

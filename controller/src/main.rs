@@ -1,12 +1,14 @@
-//! `pie-controller`: reconciles PieProbes into probe CronJobs and PVCs.
+//! `pie-controller`: reconciles PieProbes into probe CronJobs and PVCs, and pushes what its
+//! probes find to remote write. The subcommands are composed in `pie_controller::apps`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::{ArgAction, Parser, Subcommand};
-use pie_controller::run::{Handles, RunOptions};
-use pie_controller::{crd, health, offline, plan, run};
+use clap::{Parser, Subcommand};
+use pie_controller::apps::receive::ReceiveArgs;
+use pie_controller::apps::run::RunArgs;
+use pie_controller::apps::{self, ProbeArgs};
+use pie_controller::{crd, signal};
 
 /// pie's controller.
 #[derive(Debug, Parser)]
@@ -25,73 +27,7 @@ enum Command {
     /// Print the PieProbe CustomResourceDefinition as YAML.
     Crd,
     /// Receive probe results and push them, without Kubernetes.
-    Receive(pie_controller::receive::ReceiveArgs),
-}
-
-/// Probe object settings shared by `plan` and `run`.
-#[derive(Debug, clap::Args)]
-struct ProbeArgs {
-    /// Image of pie-agent, run by every probe Pod.
-    #[arg(
-        long,
-        env = "PIE_AGENT_IMAGE",
-        default_value = "ghcr.io/pie-rs/pie-agent:latest"
-    )]
-    agent_image: String,
-    /// URL mount probes post their results to.
-    #[arg(
-        long,
-        env = "PIE_CONTROLLER_URL",
-        default_value = "http://pie-controller.pie.svc:8082"
-    )]
-    controller_url: String,
-    /// ServiceAccount of probe Pods (default: the namespace's default ServiceAccount).
-    #[arg(long, env = "PIE_PROBE_SERVICE_ACCOUNT")]
-    probe_service_account: Option<String>,
-    /// Image pull secret of probe Pods (repeatable; comma-separated in the env var).
-    #[arg(
-        long = "image-pull-secret",
-        env = "PIE_IMAGE_PULL_SECRETS",
-        value_delimiter = ','
-    )]
-    image_pull_secrets: Vec<String>,
-}
-
-impl ProbeArgs {
-    fn config(&self) -> plan::Config {
-        plan::Config {
-            agent_image: self.agent_image.clone(),
-            controller_url: self.controller_url.clone(),
-            probe_service_account: self.probe_service_account.clone(),
-            image_pull_secrets: self.image_pull_secrets.clone(),
-        }
-    }
-}
-
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    #[command(flatten)]
-    probe: ProbeArgs,
-    /// Namespace whose PieProbes are reconciled (repeatable; comma-separated in the env var).
-    /// Default: all namespaces.
-    #[arg(long = "namespace", env = "PIE_NAMESPACES", value_delimiter = ',')]
-    namespaces: Vec<String>,
-    /// Reconcile only while holding the Lease `pie-controller`.
-    #[arg(long, env = "PIE_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
-    leader_elect: bool,
-    /// Namespace of the Lease (default: the controller's own namespace).
-    #[arg(long, env = "PIE_LEASE_NAMESPACE")]
-    lease_namespace: Option<String>,
-    /// This replica's identity in the Lease.
-    #[arg(long, env = "PIE_POD_NAME")]
-    pod_name: Option<String>,
-    /// Address of /healthz and /readyz (`:PORT` for all interfaces).
-    #[arg(long, env = "PIE_HEALTH_ADDR", default_value = ":8081")]
-    health_addr: String,
-    #[command(flatten)]
-    listen: pie_controller::receive::ListenArgs,
-    #[command(flatten)]
-    push: pie_controller::push::PushArgs,
+    Receive(ReceiveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,7 +45,7 @@ struct PlanArgs {
     probe: ProbeArgs,
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<String> {
+fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -117,8 +53,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", crd::crd_yaml()?),
         Command::Plan(args) => {
-            let classes = args.storage_classes.as_ref().map(read).transpose()?;
-            let (yaml, blocked) = offline::render(
+            let classes = args.storage_classes.as_deref().map(read).transpose()?;
+            let (yaml, blocked) = apps::plan::render(
                 &read(&args.filename)?,
                 &read(&args.nodes)?,
                 classes.as_deref(),
@@ -127,11 +63,14 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             anyhow::ensure!(blocked.is_empty(), "not planned: {}", blocked.join("; "));
         }
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run_controller(args))?,
+        Command::Run(args) => {
+            init_logs();
+            tokio::runtime::Runtime::new()?.block_on(apps::run::run(args))?;
+        }
         Command::Receive(args) => {
             init_logs();
             tokio::runtime::Runtime::new()?
-                .block_on(pie_controller::receive::run(args, run::shutdown_signal()))?;
+                .block_on(apps::receive::run(args, signal::shutdown()))?;
         }
     }
     Ok(())
@@ -144,52 +83,6 @@ fn init_logs() {
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
-}
-
-async fn run_controller(args: RunArgs) -> anyhow::Result<()> {
-    init_logs();
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let health = Arc::new(health::Health::default());
-    let addr = health::parse_addr(&args.health_addr).context("--health-addr")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tokio::spawn(health::serve(listener, health.clone()));
-    let identity = args
-        .pod_name
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "pie-controller".into());
-    let options = RunOptions {
-        namespaces: args.namespaces,
-        leader_elect: args.leader_elect,
-        lease_namespace: args
-            .lease_namespace
-            .unwrap_or_else(|| client.default_namespace().to_owned()),
-        identity,
-    };
-    let handles = Handles::default();
-    let pusher = pie_controller::serve::start(
-        &args.listen,
-        &args.push,
-        client.clone(),
-        handles.clone(),
-        health.clone(),
-    )
-    .await?;
-    let outcome = run::run(
-        client,
-        args.probe.config(),
-        options,
-        health,
-        handles,
-        pusher.clone(),
-    )
-    .await;
-    pusher.shutdown(std::time::Duration::from_secs(10)).await;
-    outcome?;
-    Ok(())
 }
 
 #[cfg(test)]

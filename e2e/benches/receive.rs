@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use e2e::VictoriaMetrics;
-use pie_controller::auth::NoAuth;
-use pie_controller::push::{PushArgs, Pusher};
-use pie_controller::receiver::{self, AnyTarget, Receiver};
-use pie_controller::store::Store;
+use pie_controller::http::auth::NoAuth;
+use pie_controller::http::results::{self, AnyTarget, Receiver};
+use pie_controller::metrics::push::{PushArgs, Pusher};
+use pie_controller::metrics::store::Store;
 
 #[derive(Debug, Parser)]
 struct Flags {
@@ -55,7 +55,7 @@ async fn start(push: PushArgs) -> (String, Pusher) {
         auth: Arc::new(NoAuth),
         targets: Arc::new(AnyTarget),
     };
-    tokio::spawn(receiver::serve(listener, receiver, std::future::pending()));
+    tokio::spawn(results::serve(listener, receiver, std::future::pending()));
     (url, pusher)
 }
 

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use crate::store::{self, Op, Update};
+use crate::metrics::store::{self, Op, Update};
 
 /// Which probe a Pod runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{NodeCounts, PieProbe, PieProbeStatus, SkippedNode};
-use crate::plan::{Blocked, Plan};
+use crate::domain::plan::{Blocked, Plan};
 
 /// Condition type: the probe objects are in place.
 pub const READY: &str = "Ready";
@@ -145,8 +145,8 @@ pub fn ready_condition(status: Option<&PieProbeStatus>) -> Option<&Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::plan::plan;
     use crate::fixtures::{NodeBuilder, PieProbeBuilder, config};
-    use crate::plan::plan;
     use k8s_openapi::jiff::Timestamp;
 
     fn at(secs: i64) -> Time {

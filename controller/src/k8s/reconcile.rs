@@ -1,4 +1,4 @@
-//! The PieProbe reconciler: the thin I/O layer around [`crate::plan`].
+//! The PieProbe reconciler: the thin I/O layer around [`crate::domain::plan`].
 //!
 //! Reads come from watch caches ([`Stores`]); writes are server-side applies with field manager
 //! `pie-controller`, skipped when the object's desired-hash annotation already matches, and
@@ -26,14 +26,14 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::crd::{PieProbe, PieProbeStatus};
+use crate::domain::plan::{self, Existing, NodeEligibility, Plan, objects};
+use crate::domain::status;
 use crate::error::{Error, Result};
-use crate::plan::{self, Existing, NodeEligibility, Plan, objects};
-use crate::status;
 
 /// Watch caches the reconciler reads instead of calling the API server.
 #[derive(Clone, Debug)]
 pub struct Stores {
-    /// Nodes, stripped of what the controller does not use (see [`crate::watch::strip_node`]).
+    /// Nodes, stripped of what the controller does not use (see [`crate::domain::nodes::strip_node`]).
     pub nodes: Store<Node>,
     /// StorageClasses, metadata only.
     pub storage_classes: Store<PartialObjectMeta<StorageClass>>,

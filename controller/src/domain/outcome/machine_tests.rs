@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{Store, Value};
+use crate::metrics::store::{Store, Value};
 
 const T: i64 = 10_000; // probeThreshold 10 s
 const C: i64 = 1_000_000; // Pod creation time

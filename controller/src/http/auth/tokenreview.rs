@@ -16,7 +16,7 @@ use sha1::{Digest, Sha1};
 use pie_api::ProbeKey;
 
 use super::{AuthError, Authenticator, Identity};
-use crate::plan::objects;
+use crate::domain::plan::objects;
 
 /// `user.extra` key with the name of the Pod a token is bound to.
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";

@@ -1,7 +1,6 @@
 //! `/healthz` (liveness) and `/readyz` (ready only on the leader with synced caches, so a
 //! Service in front of several replicas routes probe results to the leader).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,6 +25,11 @@ impl Health {
     /// Records whether the watch caches have synced.
     pub fn set_synced(&self, synced: bool) {
         self.synced.store(synced, Ordering::Relaxed);
+    }
+
+    /// Whether this replica holds the Lease (always, without leader election).
+    pub fn leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
     }
 
     /// Leader with synced caches.
@@ -53,14 +57,6 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     }
 }
 
-/// Parses `:8081` (all interfaces) or `host:port`.
-pub fn parse_addr(addr: &str) -> Result<SocketAddr, std::net::AddrParseError> {
-    match addr.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}").parse(),
-        None => addr.parse(),
-    }
-}
-
 /// Serves the health routes on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> std::io::Result<()> {
     axum::serve(listener, router(health)).await
@@ -69,6 +65,7 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get_status(addr: SocketAddr, path: &str) -> String {
@@ -104,15 +101,5 @@ mod tests {
             get_status(addr, "/readyz").await,
             "HTTP/1.1 503 Service Unavailable"
         );
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(parse_addr(":8081").unwrap().to_string(), "0.0.0.0:8081");
-        assert_eq!(
-            parse_addr("127.0.0.1:9").unwrap().to_string(),
-            "127.0.0.1:9"
-        );
-        assert!(parse_addr("nonsense").is_err());
     }
 }

@@ -19,15 +19,16 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::crd::PieProbe;
+use crate::domain::nodes;
+use crate::domain::outcome::observe::{ProbeIndex, parse_threshold_ms};
+use crate::domain::plan::{self, NodeEligibility, objects};
 use crate::error::{Error, Result};
-use crate::health::Health;
-use crate::outcome::observe::{ProbeIndex, parse_threshold_ms};
-use crate::outcome::tracker;
-use crate::plan::{self, NodeEligibility, objects};
-use crate::push::{Pusher, now_ms};
-use crate::reconcile::{self, Context, EligibilityMap, Stores};
-use crate::store::{self, Op, Update};
-use crate::{leader, watch};
+use crate::http::health::Health;
+use crate::k8s::leader;
+use crate::k8s::reconcile::{self, Context, EligibilityMap, Stores};
+use crate::k8s::tracker;
+use crate::metrics::push::{Pusher, now_ms};
+use crate::metrics::store::{self, Op, Update};
 
 /// How `run` scopes and coordinates itself.
 #[derive(Clone, Debug)]
@@ -129,7 +130,7 @@ pub async fn run(
     let mut leading = if options.leader_elect {
         let rx = leader::elect(client.clone(), &options.lease_namespace, &options.identity)
             .await
-            .map_err(|e| Error::Input(format!("leader election: {e}")))?;
+            .map_err(|e| Error::Leadership(e.to_string()))?;
         Some(rx)
     } else {
         None
@@ -138,9 +139,19 @@ pub async fn run(
         info!(identity = %options.identity, "waiting for leadership");
         rx.wait_for(|l| *l)
             .await
-            .map_err(|_| Error::Input("leader election stopped".into()))?;
+            .map_err(|_| Error::Leadership("stopped".into()))?;
     }
     health.set_leader(true);
+    if let Some(rx) = &leading {
+        // `pie_controller_leader` and readiness follow the Lease at once, also while the
+        // watches below are still winding down after it was lost.
+        let (mut rx, health) = (rx.clone(), health.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                health.set_leader(*rx.borrow_and_update());
+            }
+        });
+    }
     info!("leading; starting watches");
 
     let (tx, _) = broadcast::channel::<Trigger>(1024);
@@ -285,12 +296,11 @@ pub async fn run(
     futures::future::join(futures::future::join_all(controllers), outcomes).await;
     health.set_leader(false);
     match leading {
-        Some(rx) if !*rx.borrow() => Err(Error::Input("lost leadership".into())),
+        Some(rx) if !*rx.borrow() => Err(Error::Leadership("lost the Lease".into())),
         _ => Ok(()),
     }
 }
 
-/// Resolves when `store` has its first full list.
 /// Resolves once `store` has its first list. Give each store at most one such waiter:
 /// `Store::wait_until_ready` keeps a single waker (a oneshot channel underneath), so of two
 /// tasks waiting on one store only the last to poll is woken; the other waits forever. The real
@@ -330,23 +340,7 @@ async fn leadership_lost(leading: Option<tokio::sync::watch::Receiver<bool>>) {
     };
     tokio::select! {
         () = lost => {}
-        () = shutdown_signal() => info!("shutting down"),
-    }
-}
-
-/// Resolves on SIGTERM (what the kubelet sends) or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = term => {}
-        _ = tokio::signal::ctrl_c() => {}
+        () = crate::signal::shutdown() => info!("shutting down"),
     }
 }
 
@@ -398,10 +392,10 @@ fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
 }
 
 async fn watch_nodes(api: Api<Node>, mut writer: Writer<Node>, tx: broadcast::Sender<Trigger>) {
-    let mut changes = watch::NodeChanges::default();
+    let mut changes = nodes::NodeChanges::default();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(watch::strip_node);
+        .modify(nodes::strip_node);
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
@@ -456,9 +450,9 @@ fn triggers(
         let refs = match trigger {
             Trigger::Node(node) => {
                 let planned = eligibility.read().unwrap_or_else(|e| e.into_inner());
-                watch::probes_for_node(&all, &planned, &node)
+                nodes::probes_for_node(&all, &planned, &node)
             }
-            Trigger::StorageClass(name) => watch::probes_for_storage_class(&all, &name),
+            Trigger::StorageClass(name) => nodes::probes_for_storage_class(&all, &name),
             Trigger::All => all
                 .iter()
                 .map(|p| ObjectRef::from_obj(p.as_ref()))

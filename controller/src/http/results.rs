@@ -23,9 +23,9 @@ use axum::routing::post;
 use pie_api::{ProbeKey, ProbeResult};
 use serde_json::json;
 
-use crate::auth::{AuthError, Authenticator, bearer};
-use crate::push::{Pusher, now_ms};
-use crate::store::{self, Op, Update};
+use crate::http::auth::{AuthError, Authenticator, bearer};
+use crate::metrics::push::{Pusher, now_ms};
+use crate::metrics::store::{self, Op, Update};
 
 /// Largest accepted body, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

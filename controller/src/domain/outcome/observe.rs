@@ -14,7 +14,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 
 use super::machine::{EventObs, Observation, PodObs, ProbeKind, PvcObs};
-use crate::plan::objects::{
+use crate::domain::plan::objects::{
     COMPONENT_MOUNT, COMPONENT_PROVISION, CONTAINER_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY,
     LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER,
 };

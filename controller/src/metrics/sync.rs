@@ -1,46 +1,16 @@
-//! `run` mode's metrics side: the receiver (TokenReview auth, only probes this controller
-//! manages), `/metrics`, the periodic push, and the store kept in step with the PieProbes:
-//! `pie_node_eligible` from the plan, both `on_time`/`succeed` values at 0 for every probe, and
-//! the series of deleted PieProbes and nodes removed with a stale marker each.
+//! The store kept in step with the PieProbes (`run` only): `pie_node_eligible` from the plan,
+//! both `on_time`/`succeed` values at 0 for every probe (so `increase()` sees the first
+//! failure), the series of deleted PieProbes and nodes removed with a stale marker each, and
+//! `pie_controller_leader`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::info;
 
-use pie_api::ProbeKey;
-
-use crate::auth::TokenReviewAuth;
-use crate::health::{Health, parse_addr};
-use crate::outcome::machine::{ProbeKind, zero_updates};
-use crate::plan::NodeEligibility;
-use crate::push::{PushArgs, Pusher, now_ms};
-use crate::receive::{ListenArgs, ReceiveError, serve_metrics};
-use crate::receiver::{self, Receiver, Targets};
-use crate::run::Handles;
-use crate::store::{self, Family, Op, Store, Update};
-
-/// The mount probes of the PieProbes this replica reconciles.
-#[derive(Debug, Clone)]
-pub struct ManagedTargets {
-    handles: Handles,
-    health: Arc<Health>,
-}
-
-impl Targets for ManagedTargets {
-    fn contains(&self, triple: &ProbeKey) -> bool {
-        self.handles.node_eligibility().iter().any(|e| {
-            e.pie_probe == triple.pie_probe_name
-                && e.node == triple.node
-                && e.storage_class == triple.storage_class
-        })
-    }
-
-    fn ready(&self) -> bool {
-        self.health.ready()
-    }
-}
+use crate::domain::outcome::machine::{ProbeKind, zero_updates};
+use crate::domain::plan::NodeEligibility;
+use crate::metrics::push::{Pusher, now_ms};
+use crate::metrics::store::{self, Family, Op, Update};
 
 /// The updates that keep the store in step with the plan: eligibility gauges, zero series,
 /// and the leader gauge.
@@ -111,80 +81,31 @@ pub fn keep(eligibility: &[NodeEligibility]) -> impl Fn(&Family, &[(&str, &str)]
     }
 }
 
-/// Starts the receiver, `/metrics`, the periodic push and the store sync for `run`; returns the
-/// pusher (for outcomes and reconcile counts).
-pub async fn start(
-    listen: &ListenArgs,
-    push: &PushArgs,
-    client: kube::Client,
-    handles: Handles,
-    health: Arc<Health>,
-) -> Result<Pusher, ReceiveError> {
-    let pusher = Pusher::new(push, Arc::new(Store::new()))?;
-    serve_metrics(listen.metrics_addr.as_deref(), &pusher).await?;
-    let addr = parse_addr(&listen.listen).map_err(|source| ReceiveError::Addr {
-        flag: "--listen",
-        addr: listen.listen.clone(),
-        source,
-    })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ReceiveError::Io {
-            what: "binding the receiver on",
-            addr,
-            source,
-        })?;
-    info!(%addr, "receiving results");
-    let receiver = Receiver {
-        pusher: pusher.clone(),
-        auth: Arc::new(TokenReviewAuth::new(client)),
-        targets: Arc::new(ManagedTargets {
-            handles: handles.clone(),
-            health: health.clone(),
-        }),
+/// One periodic sync before the whole store is pushed. `leader`: this replica holds the Lease
+/// (the `pie_controller_leader` gauge). `eligibility`: the plan, once this replica leads with
+/// synced caches; `None` before (an unsynced plan would look like every PieProbe deleted),
+/// and then nothing but the leader gauge changes.
+pub fn sync(pusher: &Pusher, leader: bool, eligibility: Option<&[NodeEligibility]>) {
+    let now = now_ms();
+    let Some(eligibility) = eligibility else {
+        pusher.record(sync_updates(&[], leader, now));
+        return;
     };
-    tokio::spawn(async move {
-        if let Err(e) = receiver::serve(listener, receiver, std::future::pending()).await {
-            tracing::error!(error = %e, "results receiver stopped");
-        }
-    });
-    tokio::spawn(sync_loop(
-        pusher.clone(),
-        handles,
-        health,
-        push.push_interval,
-    ));
-    Ok(pusher)
-}
-
-async fn sync_loop(pusher: Pusher, handles: Handles, health: Arc<Health>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let leader = health.ready();
-        if leader {
-            let eligibility = handles.node_eligibility();
-            pusher.record(sync_updates(&eligibility, true, now_ms()));
-            let removed = pusher.remove(keep(&eligibility));
-            if removed > 0 {
-                info!(
-                    series = removed,
-                    "removed series of deleted PieProbes or nodes"
-                );
-            }
-        } else {
-            pusher.record(sync_updates(&[], false, now_ms()));
-        }
-        pusher.push_all(now_ms());
+    pusher.record(sync_updates(eligibility, leader, now));
+    let removed = pusher.remove(keep(eligibility));
+    if removed > 0 {
+        info!(
+            series = removed,
+            "removed series of deleted PieProbes or nodes"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Ineligible;
-    use crate::store::Value;
+    use crate::domain::plan::Ineligible;
+    use crate::metrics::store::{Store, Value};
 
     fn elig(node: &str, ineligible: Option<Ineligible>) -> NodeEligibility {
         NodeEligibility {
@@ -267,5 +188,27 @@ mod tests {
         let stale = store.retain(3, keep(&[]));
         assert!(stale.len() > 5);
         assert_eq!(store.len(), 1, "only the leader gauge is left");
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_lease_before_caches_sync() {
+        let pusher = Pusher::without_client(std::sync::Arc::new(Store::new()));
+        let plan = [elig("n1", None)];
+        sync(&pusher, true, Some(&plan));
+        assert!(pusher.store().len() > 1);
+        // Leading, caches not synced yet: the gauge says leader, nothing is removed.
+        let before = pusher.store().len();
+        sync(&pusher, true, None);
+        assert_eq!(pusher.store().len(), before);
+        assert_eq!(
+            pusher.store().get(&store::LEADER, &[]),
+            Some(Value::Scalar(1.0))
+        );
+        // The Lease is lost.
+        sync(&pusher, false, None);
+        assert_eq!(
+            pusher.store().get(&store::LEADER, &[]),
+            Some(Value::Scalar(0.0))
+        );
     }
 }

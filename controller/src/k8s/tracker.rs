@@ -26,11 +26,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::actions;
-use super::machine::{Action, Machine, Observation};
-use super::observe::{self, Known, ProbeIndex};
-use crate::plan::objects::{COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER};
-use crate::push::{Pusher, now_ms};
-use crate::run::scoped;
+use crate::domain::outcome::machine::{Action, Machine, Observation};
+use crate::domain::outcome::observe::{self, Known, ProbeIndex};
+use crate::domain::plan::objects::{
+    COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER,
+};
+use crate::k8s::controllers::scoped;
+use crate::metrics::push::{Pusher, now_ms};
 
 /// How often thresholds are checked and Event namespaces re-evaluated.
 pub const TICK: Duration = Duration::from_secs(1);

@@ -5,8 +5,8 @@ use futures::future::BoxFuture;
 use tower::ServiceExt;
 
 use super::*;
-use crate::auth::{Identity, SharedToken};
-use crate::store::{Store, Value};
+use crate::http::auth::{Identity, SharedToken};
+use crate::metrics::store::{Store, Value};
 
 /// Tokens mapped to identities; `"down"` means the TokenReview API is unreachable.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ fn receiver(auth: Arc<dyn Authenticator>) -> (Router, Arc<Store>) {
     let store = Arc::new(Store::new());
     let targets = FixedTargets([triple("node-a"), triple("node-b")].into());
     let router = router(Receiver {
-        pusher: Pusher::with_client(store.clone(), None),
+        pusher: Pusher::without_client(store.clone()),
         auth,
         targets: Arc::new(targets),
     });

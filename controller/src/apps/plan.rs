@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::PieProbe;
+use crate::domain::plan::{self, Config};
 use crate::error::{Error, Result};
-use crate::plan::{self, Config};
 
 /// Reads objects of one kind from YAML: multi-document, and/or `List`s with `items`
 /// (as `kubectl get -o yaml` prints them). Documents of other kinds are ignored.
@@ -133,9 +133,9 @@ mod tests {
     use crate::fixtures::config;
     use pie_api::names;
 
-    const PROBE: &str = include_str!("../examples/pieprobe.yaml");
-    const NODES: &str = include_str!("../examples/nodes.yaml");
-    const CLASSES: &str = include_str!("../examples/storageclasses.yaml");
+    const PROBE: &str = include_str!("../../examples/pieprobe.yaml");
+    const NODES: &str = include_str!("../../examples/nodes.yaml");
+    const CLASSES: &str = include_str!("../../examples/storageclasses.yaml");
 
     #[test]
     fn example_plan_lists_objects_and_skipped_nodes() {

@@ -11,7 +11,7 @@ use remote_write::{
 };
 use tracing::{info, warn};
 
-use crate::store::{self, Point, Store, StoreError, Update};
+use crate::metrics::store::{self, Point, Store, StoreError, Update};
 
 /// Remote-write flags, shared by `run` and `receive`.
 #[derive(Debug, Clone, clap::Args)]
@@ -289,9 +289,13 @@ impl Pusher {
         Ok(Pusher { store, client })
     }
 
-    /// A pusher with an existing client (or none), for tests and benchmarks.
-    pub fn with_client(store: Arc<Store>, client: Option<Client>) -> Pusher {
-        Pusher { store, client }
+    /// A pusher that only keeps the store, for tests.
+    #[cfg(test)]
+    pub(crate) fn without_client(store: Arc<Store>) -> Pusher {
+        Pusher {
+            store,
+            client: None,
+        }
     }
 
     /// The store.
@@ -357,12 +361,16 @@ impl Pusher {
         points.len()
     }
 
-    /// Pushes the whole store now and then every `interval`, forever.
-    pub async fn run_periodic(self, interval: Duration) {
+    /// The periodic push, the one loop of both `run` and `receive`: every `interval` (the first
+    /// at once) `sync` brings the store up to date (`run` exports the plan and drops the series
+    /// of deleted PieProbes; `receive` has nothing to add), then the whole store is queued so
+    /// no series looks stale. Runs until the task is dropped.
+    pub async fn run_periodic(self, interval: Duration, mut sync: impl FnMut(&Pusher) + Send) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            sync(&self);
             let n = self.push_all(now_ms());
             tracing::debug!(samples = n, "periodic push");
         }
@@ -686,7 +694,7 @@ mod tests {
     #[tokio::test]
     async fn record_without_a_client_keeps_the_store() {
         let store = Arc::new(Store::new());
-        let pusher = Pusher::with_client(store.clone(), None);
+        let pusher = Pusher::without_client(store.clone());
         let errors = pusher.record([Update::new(
             &store::LEADER,
             Vec::<String>::new(),

@@ -16,8 +16,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::crd::PieProbe;
-use crate::plan::{eligibility, node_selector};
-use crate::reconcile::EligibilityMap;
+use crate::domain::plan::{eligibility, node_selector};
+use crate::k8s::reconcile::EligibilityMap;
 
 /// Drops everything planning does not read: managedFields, annotations, owner references, the
 /// whole status except the Ready condition's status, and the spec except taints and
@@ -166,8 +166,8 @@ pub fn probes_for_storage_class(probes: &[Arc<PieProbe>], name: &str) -> Vec<Obj
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::plan::NodeEligibility;
     use crate::fixtures::{NodeBuilder, PieProbeBuilder};
-    use crate::plan::NodeEligibility;
     use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
@@ -216,8 +216,8 @@ mod tests {
             .build();
         let cfg = crate::fixtures::config();
         assert_eq!(
-            crate::plan::plan(&probe, &[node], true, &cfg),
-            crate::plan::plan(&probe, &[heavy("n1")], true, &cfg)
+            crate::domain::plan::plan(&probe, &[node], true, &cfg),
+            crate::domain::plan::plan(&probe, &[heavy("n1")], true, &cfg)
         );
     }
 

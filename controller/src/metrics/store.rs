@@ -891,7 +891,7 @@ mod tests {
 
     #[test]
     fn every_family_is_in_the_metrics_reference() {
-        let doc = include_str!("../../docs/metrics.md");
+        let doc = include_str!("../../../docs/metrics.md");
         for f in FAMILIES {
             assert!(
                 doc.contains(&format!("`{}`", f.name)),

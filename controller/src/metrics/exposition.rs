@@ -12,7 +12,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use crate::store::{FamilySnapshot, Kind, Store, Value};
+use crate::metrics::store::{FamilySnapshot, Kind, Store, Value};
 
 pub use prometheus::TEXT_FORMAT;
 
@@ -119,7 +119,7 @@ async fn metrics(State((store, refresh)): State<(Arc<Store>, Refresh)>) -> impl 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{self, Op, Update};
+    use crate::metrics::store::{self, Op, Update};
 
     fn filled() -> Store {
         let s = Store::new();

@@ -8,23 +8,12 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, NoAuth, SharedToken, TokenFileError};
-use crate::exposition;
-use crate::health::parse_addr;
-use crate::push::{PushArgs, Pusher, now_ms};
-use crate::receiver::{self, AnyTarget, Receiver};
-use crate::store::{self, Op, Store, Update};
-
-/// Where the receiver and `/metrics` listen; shared by `run` and `receive`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ListenArgs {
-    /// Address of the results receiver (`:PORT` for all interfaces).
-    #[arg(long, env = "PIE_LISTEN", default_value = ":8082")]
-    pub listen: String,
-    /// Address of `/metrics` in the Prometheus text format (off unless given).
-    #[arg(long, env = "PIE_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-}
+use super::{ListenArgs, serve_metrics};
+use crate::http::auth::{Authenticator, NoAuth, SharedToken, TokenFileError};
+use crate::http::listen::{self, ListenError};
+use crate::http::results::{self, AnyTarget, Receiver};
+use crate::metrics::push::{PushArgs, Pusher, now_ms};
+use crate::metrics::store::{self, Op, Store, Update};
 
 /// Flags of `pie-controller receive`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,16 +33,9 @@ pub struct ReceiveArgs {
 /// Why `receive` cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// An address does not parse.
-    #[error("{flag} {addr:?}: {source}")]
-    Addr {
-        /// The flag.
-        flag: &'static str,
-        /// The value.
-        addr: String,
-        /// The parse error.
-        source: std::net::AddrParseError,
-    },
+    /// A listener cannot be set up, or failed.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// Listening without authentication on a non-loopback address was not allowed.
     #[error(
         "refusing to accept unauthenticated results on {0}: give --auth-token-file, listen on a loopback address, or pass --insecure-no-auth"
@@ -66,30 +48,12 @@ pub enum ReceiveError {
     /// `source`: the message already holds it, and `anyhow` would print it twice.)
     #[error("remote write: {0}")]
     RemoteWrite(remote_write::ConfigError),
-    /// A listener cannot be bound or failed.
-    #[error("{what} {addr}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
 }
 
 impl From<remote_write::ConfigError> for ReceiveError {
     fn from(e: remote_write::ConfigError) -> ReceiveError {
         ReceiveError::RemoteWrite(e)
     }
-}
-
-fn addr(flag: &'static str, value: &str) -> Result<SocketAddr, ReceiveError> {
-    parse_addr(value).map_err(|source| ReceiveError::Addr {
-        flag,
-        addr: value.to_owned(),
-        source,
-    })
 }
 
 /// The authenticator `receive` uses for `args`.
@@ -109,43 +73,12 @@ pub fn authenticator(
     Ok(Arc::new(NoAuth))
 }
 
-async fn bind(
-    what: &'static str,
-    addr: SocketAddr,
-) -> Result<tokio::net::TcpListener, ReceiveError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ReceiveError::Io { what, addr, source })
-}
-
-/// Starts `/metrics` on `addr` when given.
-pub async fn serve_metrics(
-    metrics_addr: Option<&str>,
-    pusher: &Pusher,
-) -> Result<(), ReceiveError> {
-    let Some(value) = metrics_addr else {
-        return Ok(());
-    };
-    let addr = addr("--metrics-addr", value)?;
-    let listener = bind("binding /metrics on", addr).await?;
-    info!(%addr, "serving /metrics");
-    let refresh_pusher = pusher.clone();
-    let refresh: exposition::Refresh = Arc::new(move || refresh_pusher.refresh_self_metrics());
-    let store = pusher.store().clone();
-    tokio::spawn(async move {
-        if let Err(e) = exposition::serve(listener, store, refresh).await {
-            warn!(error = %e, "/metrics server stopped");
-        }
-    });
-    Ok(())
-}
-
 /// Runs `receive` until `shutdown` resolves, then delivers what is queued (at most 10 s).
 pub async fn run(
     args: ReceiveArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiveError> {
-    let listen = addr("--listen", &args.listen.listen)?;
+    let listen = listen::addr("--listen", &args.listen.listen)?;
     let auth = authenticator(&args, listen)?;
     let pusher = Pusher::new(&args.push, Arc::new(Store::new()))?;
     pusher.record([Update::new(
@@ -155,21 +88,23 @@ pub async fn run(
         now_ms(),
     )]);
     serve_metrics(args.listen.metrics_addr.as_deref(), &pusher).await?;
-    let listener = bind("binding the receiver on", listen).await?;
+    let listener = listen::bind("binding the receiver on", listen).await?;
     info!(addr = %listen, "receiving results");
-    let periodic = tokio::spawn(pusher.clone().run_periodic(args.push.push_interval));
+    let periodic = tokio::spawn(pusher.clone().run_periodic(args.push.push_interval, |_| {}));
     let receiver = Receiver {
         pusher: pusher.clone(),
         auth,
         targets: Arc::new(AnyTarget),
     };
-    let served = receiver::serve(listener, receiver, shutdown).await;
+    let served = results::serve(listener, receiver, shutdown).await;
     periodic.abort();
     pusher.shutdown(Duration::from_secs(10)).await;
-    served.map_err(|source| ReceiveError::Io {
-        what: "serving results on",
-        addr: listen,
-        source,
+    served.map_err(|source| {
+        ReceiveError::Listen(ListenError::Io {
+            what: "serving results on",
+            addr: listen,
+            source,
+        })
     })
 }
 

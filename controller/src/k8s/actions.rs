@@ -13,12 +13,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use super::machine::{Action, ProbeKind, secs};
 use crate::crd::PieProbe;
+use crate::domain::outcome::machine::{Action, ProbeKind, secs};
 
 /// Field manager of the status' last outcomes.
 pub const OUTCOME_MANAGER: &str = "pie-controller-outcomes";
-use super::observe::ANNOTATION_COUNTED;
+use crate::domain::outcome::observe::ANNOTATION_COUNTED;
 
 /// The merge patch that marks a Pod counted.
 pub fn counted_patch() -> serde_json::Value {

@@ -4,13 +4,13 @@ use http::Method;
 use serde_json::json;
 
 use super::*;
+use crate::domain::outcome::machine::{PodObs, ProbeKind};
+use crate::domain::outcome::observe::StaticIndex;
 use crate::fixtures::ApiServerVerifier;
-use crate::outcome::machine::{PodObs, ProbeKind};
-use crate::outcome::observe::StaticIndex;
-use crate::store::{self, Store, Value};
+use crate::metrics::store::{self, Store, Value};
 
 fn pusher() -> Pusher {
-    Pusher::with_client(Arc::new(Store::new()), None)
+    Pusher::without_client(Arc::new(Store::new()))
 }
 
 fn late_pod() -> PodObs {

@@ -1,0 +1,159 @@
+//! `pie-controller run`: the composition root of run mode. One [`Handles`] (the reconciler's
+//! plan and PieProbe caches), one [`Health`] and one [`Pusher`] are made here and handed to
+//! the parts that share them: the results API (which accepts results only for managed mount
+//! probes, and only while ready), `/metrics`, the periodic sync-and-push, and the Kubernetes
+//! side (reconcilers, outcome tracker, leader election).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ArgAction;
+use pie_api::ProbeKey;
+use tracing::{error, info};
+
+use super::{ListenArgs, ProbeArgs, serve_metrics};
+use crate::http::auth::TokenReviewAuth;
+use crate::http::health::{self, Health};
+use crate::http::listen::{self, ListenError};
+use crate::http::results::{self, Receiver, Targets};
+use crate::k8s::controllers::{self, Handles, RunOptions};
+use crate::metrics::push::{PushArgs, Pusher};
+use crate::metrics::store::Store;
+use crate::metrics::sync;
+
+/// Flags of `pie-controller run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Namespace whose PieProbes are reconciled (repeatable; comma-separated in the env var).
+    /// Default: all namespaces.
+    #[arg(long = "namespace", env = "PIE_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Reconcile only while holding the Lease `pie-controller`.
+    #[arg(long, env = "PIE_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: the controller's own namespace).
+    #[arg(long, env = "PIE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "PIE_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Address of /healthz and /readyz (`:PORT` for all interfaces).
+    #[arg(long, env = "PIE_HEALTH_ADDR", default_value = ":8081")]
+    pub health_addr: String,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub push: PushArgs,
+}
+
+/// Why `run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No Kubernetes client configuration (in-cluster or kubeconfig).
+    #[error("connecting to the Kubernetes API: {0}")]
+    Connect(kube::Error),
+    /// A listener cannot be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The remote-write settings are invalid, or the disk buffer cannot be used.
+    #[error("remote write: {0}")]
+    RemoteWrite(remote_write::ConfigError),
+    /// The controllers stopped (lost leadership, or leader election failed).
+    #[error(transparent)]
+    Controller(#[from] crate::Error),
+}
+
+/// The mount probes of the PieProbes this replica reconciles: the results API accepts results
+/// only for these, and only while this replica is ready (leads with synced caches).
+#[derive(Debug, Clone)]
+pub struct ManagedTargets {
+    handles: Handles,
+    health: Arc<Health>,
+}
+
+impl Targets for ManagedTargets {
+    fn contains(&self, key: &ProbeKey) -> bool {
+        self.handles.node_eligibility().iter().any(|e| {
+            e.pie_probe == key.pie_probe_name
+                && e.node == key.node
+                && e.storage_class == key.storage_class
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.health.ready()
+    }
+}
+
+/// Runs until SIGTERM/SIGINT (Ok) or the loss of leadership (Err: the process exits and
+/// restarts as a follower); then delivers what is queued (at most 10 s).
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(RunError::Connect)?;
+    let health = Arc::new(Health::default());
+    let handles = Handles::default();
+    let pusher = Pusher::new(&args.push, Arc::new(Store::new())).map_err(RunError::RemoteWrite)?;
+
+    let health_listener = listen::bind_flag(
+        "--health-addr",
+        "binding /healthz and /readyz on",
+        &args.health_addr,
+    )
+    .await?;
+    tokio::spawn(health::serve(health_listener, health.clone()));
+    serve_metrics(args.listen.metrics_addr.as_deref(), &pusher).await?;
+    let results_listener =
+        listen::bind_flag("--listen", "binding the receiver on", &args.listen.listen).await?;
+    info!(addr = %args.listen.listen, "receiving results");
+    let receiver = Receiver {
+        pusher: pusher.clone(),
+        auth: Arc::new(TokenReviewAuth::new(client.clone())),
+        targets: Arc::new(ManagedTargets {
+            handles: handles.clone(),
+            health: health.clone(),
+        }),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = results::serve(results_listener, receiver, std::future::pending()).await {
+            error!(error = %e, "results receiver stopped");
+        }
+    });
+    let periodic = {
+        let (handles, health) = (handles.clone(), health.clone());
+        tokio::spawn(
+            pusher
+                .clone()
+                .run_periodic(args.push.push_interval, move |pusher| {
+                    let plan = health.ready().then(|| handles.node_eligibility());
+                    sync::sync(pusher, health.leader(), plan.as_deref());
+                }),
+        )
+    };
+
+    let options = RunOptions {
+        namespaces: args.namespaces,
+        leader_elect: args.leader_elect,
+        lease_namespace: args
+            .lease_namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        identity: args
+            .pod_name
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "pie-controller".into()),
+    };
+    let outcome = controllers::run(
+        client,
+        args.probe.config(),
+        options,
+        health,
+        handles,
+        pusher.clone(),
+    )
+    .await;
+    periodic.abort();
+    pusher.shutdown(Duration::from_secs(10)).await;
+    Ok(outcome?)
+}
