@@ -12,8 +12,9 @@ use super::{ListenArgs, serve_metrics};
 use crate::http::auth::{Authenticator, NoAuth, SharedToken, TokenFileError};
 use crate::http::listen::{self, ListenError};
 use crate::http::results::{self, AnyTarget, Receiver};
+use crate::metrics::catalogue;
 use crate::metrics::push::{PushArgs, Pusher, now_ms};
-use crate::metrics::store::{self, Op, Store, Update};
+use crate::metrics::store::Store;
 
 /// Flags of `pie-controller receive`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,12 +82,7 @@ pub async fn run(
     let listen = listen::addr("--listen", &args.listen.listen)?;
     let auth = authenticator(&args, listen)?;
     let pusher = Pusher::new(&args.push, Arc::new(Store::new()))?;
-    pusher.record([Update::new(
-        &store::LEADER,
-        Vec::<String>::new(),
-        Op::Set(1.0),
-        now_ms(),
-    )]);
+    pusher.record([catalogue::leader(true, now_ms())]);
     serve_metrics(args.listen.metrics_addr.as_deref(), &pusher).await?;
     let listener = listen::bind("binding the receiver on", listen).await?;
     info!(addr = %listen, "receiving results");

@@ -12,14 +12,16 @@ use pie_api::ProbeKey;
 use tracing::{error, info};
 
 use super::{ListenArgs, ProbeArgs, serve_metrics};
+use crate::domain::plan::NodeEligibility;
+use crate::domain::series::{keep, sync_updates};
 use crate::http::auth::TokenReviewAuth;
 use crate::http::health::{self, Health};
 use crate::http::listen::{self, ListenError};
 use crate::http::results::{self, Receiver, Targets};
 use crate::k8s::controllers::{self, Handles, RunOptions};
+use crate::metrics::push::now_ms;
 use crate::metrics::push::{PushArgs, Pusher};
 use crate::metrics::store::Store;
-use crate::metrics::sync;
 
 /// Flags of `pie-controller run`.
 #[derive(Debug, clap::Args)]
@@ -128,7 +130,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 .clone()
                 .run_periodic(args.push.push_interval, move |pusher| {
                     let plan = health.ready().then(|| handles.node_eligibility());
-                    sync::sync(pusher, health.leader(), plan.as_deref());
+                    sync(pusher, health.leader(), plan.as_deref());
                 }),
         )
     };
@@ -156,4 +158,59 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     periodic.abort();
     pusher.shutdown(Duration::from_secs(10)).await;
     Ok(outcome?)
+}
+
+/// Run mode's step of the periodic push, before the whole store is queued. `leader`: this replica holds the Lease
+/// (the `pie_controller_leader` gauge). `eligibility`: the plan, once this replica leads with
+/// synced caches; `None` before (an unsynced plan would look like every PieProbe deleted),
+/// and then nothing but the leader gauge changes.
+fn sync(pusher: &Pusher, leader: bool, eligibility: Option<&[NodeEligibility]>) {
+    let now = now_ms();
+    let Some(eligibility) = eligibility else {
+        pusher.record(sync_updates(&[], leader, now));
+        return;
+    };
+    pusher.record(sync_updates(eligibility, leader, now));
+    let removed = pusher.remove(keep(eligibility));
+    if removed > 0 {
+        info!(
+            series = removed,
+            "removed series of deleted PieProbes or nodes"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::catalogue;
+    use crate::metrics::store::Value;
+
+    #[test]
+    fn the_leader_gauge_follows_the_lease_before_caches_sync() {
+        let pusher = Pusher::without_client(Arc::new(Store::new()));
+        let plan = [NodeEligibility {
+            pie_probe: "p".into(),
+            namespace: "pie".into(),
+            node: "n1".into(),
+            storage_class: "sc".into(),
+            ineligible: None,
+        }];
+        sync(&pusher, true, Some(&plan));
+        assert!(pusher.store().len() > 1);
+        // Leading, caches not synced yet: the gauge says leader, nothing is removed.
+        let before = pusher.store().len();
+        sync(&pusher, true, None);
+        assert_eq!(pusher.store().len(), before);
+        assert_eq!(
+            pusher.store().get(&catalogue::LEADER, &[]),
+            Some(Value::Scalar(1.0))
+        );
+        // The Lease is lost.
+        sync(&pusher, false, None);
+        assert_eq!(
+            pusher.store().get(&catalogue::LEADER, &[]),
+            Some(Value::Scalar(0.0))
+        );
+    }
 }

@@ -4,4 +4,5 @@
 pub mod nodes;
 pub mod outcome;
 pub mod plan;
+pub mod series;
 pub mod status;

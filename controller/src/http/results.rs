@@ -24,8 +24,9 @@ use pie_api::{ProbeKey, ProbeResult};
 use serde_json::json;
 
 use crate::http::auth::{AuthError, Authenticator, bearer};
+use crate::metrics::catalogue;
+use crate::metrics::catalogue::{Op, Probe, Update};
 use crate::metrics::push::{Pusher, now_ms};
-use crate::metrics::store::{self, Op, Update};
 
 /// Largest accepted body, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -106,10 +107,8 @@ pub fn router(receiver: Receiver) -> Router {
 
 async fn count_requests(State(pusher): State<Pusher>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    pusher.record([Update::new(
-        &store::RECEIVER_REQUESTS_TOTAL,
-        [response.status().as_str()],
-        Op::Inc(1.0),
+    pusher.record([catalogue::receiver_request(
+        response.status().as_str(),
         now_ms(),
     )]);
     response
@@ -236,46 +235,27 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// `succeed` values exist), and on success pie's latency gauges, the fio extras present and the
 /// last-success time.
 pub fn result_updates(r: &ProbeResult, now_ms: i64) -> Vec<Update> {
-    let probe = [
-        r.pie_probe_name.clone(),
-        r.node.clone(),
-        r.storage_class.clone(),
-    ];
-    let with = |extra: &str| {
-        let mut l = probe.to_vec();
-        l.push(extra.to_owned());
-        l
-    };
+    let probe = Probe::mount(&r.pie_probe_name, &r.node, &r.storage_class);
     let succeed = r.performance_probe_succeed;
     let mut updates = vec![
-        Update::new(
-            &store::PERFORMANCE_TOTAL,
-            with(if succeed { "false" } else { "true" }),
-            Op::Ensure,
-            now_ms,
-        ),
-        Update::new(
-            &store::PERFORMANCE_TOTAL,
-            with(if succeed { "true" } else { "false" }),
-            Op::Inc(1.0),
-            now_ms,
-        ),
+        catalogue::performance_total(probe, !succeed, Op::Ensure, now_ms),
+        catalogue::performance_total(probe, succeed, Op::Inc(1.0), now_ms),
     ];
     if succeed {
         let gauges = [
-            (&store::WRITE_LATENCY, Some(r.write_latency)),
-            (&store::READ_LATENCY, Some(r.read_latency)),
-            (&store::READ_IOPS, r.read_iops),
-            (&store::WRITE_IOPS, r.write_iops),
-            (&store::READ_BANDWIDTH, r.read_bytes_per_second),
-            (&store::WRITE_BANDWIDTH, r.write_bytes_per_second),
-            (&store::READ_LATENCY_P99, r.read_latency_p99),
-            (&store::WRITE_LATENCY_P99, r.write_latency_p99),
-            (&store::LAST_SUCCESS, Some(now_ms as f64 / 1000.0)),
+            (&catalogue::WRITE_LATENCY, Some(r.write_latency)),
+            (&catalogue::READ_LATENCY, Some(r.read_latency)),
+            (&catalogue::READ_IOPS, r.read_iops),
+            (&catalogue::WRITE_IOPS, r.write_iops),
+            (&catalogue::READ_BANDWIDTH, r.read_bytes_per_second),
+            (&catalogue::WRITE_BANDWIDTH, r.write_bytes_per_second),
+            (&catalogue::READ_LATENCY_P99, r.read_latency_p99),
+            (&catalogue::WRITE_LATENCY_P99, r.write_latency_p99),
+            (&catalogue::LAST_SUCCESS, Some(now_ms as f64 / 1000.0)),
         ];
         for (family, value) in gauges {
             if let Some(v) = value {
-                updates.push(Update::new(family, probe.clone(), Op::Set(v), now_ms));
+                updates.push(catalogue::probe_gauge(family, probe, v, now_ms));
             }
         }
     }

@@ -27,8 +27,8 @@ use crate::http::health::Health;
 use crate::k8s::leader;
 use crate::k8s::reconcile::{self, Context, EligibilityMap, Stores};
 use crate::k8s::tracker;
+use crate::metrics::catalogue;
 use crate::metrics::push::{Pusher, now_ms};
-use crate::metrics::store::{self, Op, Update};
 
 /// How `run` scopes and coordinates itself.
 #[derive(Clone, Debug)]
@@ -265,12 +265,7 @@ pub async fn run(
                             "error"
                         }
                     };
-                    pusher.record([Update::new(
-                        &store::RECONCILES_TOTAL,
-                        [outcome],
-                        Op::Inc(1.0),
-                        now_ms(),
-                    )]);
+                    pusher.record([catalogue::reconcile(outcome == "ok", now_ms())]);
                     futures::future::ready(())
                 }
             });

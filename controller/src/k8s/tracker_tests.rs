@@ -7,7 +7,8 @@ use super::*;
 use crate::domain::outcome::machine::{PodObs, ProbeKind};
 use crate::domain::outcome::observe::StaticIndex;
 use crate::fixtures::ApiServerVerifier;
-use crate::metrics::store::{self, Store, Value};
+use crate::metrics::catalogue;
+use crate::metrics::store::{Store, Value};
 
 fn pusher() -> Pusher {
     Pusher::without_client(Arc::new(Store::new()))
@@ -64,12 +65,12 @@ fn a_step_records_its_updates_and_returns_its_actions() {
     );
     let s = pusher.store();
     assert_eq!(
-        s.get(&store::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
+        s.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
         Some(Value::Scalar(1.0))
     );
     assert_eq!(
         s.get(
-            &store::FAILURES_TOTAL,
+            &catalogue::FAILURES_TOTAL,
             &["p", "n1", "sc", "mount", "timeout"]
         ),
         Some(Value::Scalar(1.0))
@@ -81,7 +82,7 @@ fn a_step_records_its_updates_and_returns_its_actions() {
             .is_empty()
     );
     assert_eq!(
-        s.get(&store::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
+        s.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
         Some(Value::Scalar(1.0))
     );
     assert_eq!(tracker.tracked(), 1);
@@ -278,12 +279,12 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
 
     let s = pusher.store();
     assert_eq!(
-        s.get(&store::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
+        s.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
         Some(Value::Scalar(1.0))
     );
     assert_eq!(
         s.get(
-            &store::FAILURES_TOTAL,
+            &catalogue::FAILURES_TOTAL,
             &["p", "n1", "sc", "mount", "FailedMount"]
         ),
         Some(Value::Scalar(1.0)),
@@ -291,7 +292,7 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
     );
     assert_eq!(
         s.get(
-            &store::FAILURES_TOTAL,
+            &catalogue::FAILURES_TOTAL,
             &["p", "n1", "sc", "mount", "timeout"]
         ),
         None

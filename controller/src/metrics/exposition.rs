@@ -12,7 +12,8 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use crate::metrics::store::{FamilySnapshot, Kind, Store, Value};
+use crate::metrics::catalogue::Kind;
+use crate::metrics::store::{FamilySnapshot, Store, Value};
 
 pub use prometheus::TEXT_FORMAT;
 
@@ -119,39 +120,40 @@ async fn metrics(State((store, refresh)): State<(Arc<Store>, Refresh)>) -> impl 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::store::{self, Op, Update};
+    use crate::metrics::catalogue;
+    use crate::metrics::catalogue::{Op, Update};
 
     fn filled() -> Store {
         let s = Store::new();
         let l = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let (_, errors) = s.apply([
             Update::new(
-                &store::MOUNT_TOTAL,
+                &catalogue::MOUNT_TOTAL,
                 l(&["p", "n1", "sc", "true"]),
                 Op::Inc(3.0),
                 1,
             ),
             Update::new(
-                &store::MOUNT_TOTAL,
+                &catalogue::MOUNT_TOTAL,
                 l(&["p", "n1", "sc", "false"]),
                 Op::Ensure,
                 1,
             ),
             Update::new(
-                &store::WRITE_LATENCY,
+                &catalogue::WRITE_LATENCY,
                 l(&["p", "n1", "sc"]),
                 Op::Set(0.25),
                 1,
             ),
             Update::new(
-                &store::START_DURATION,
+                &catalogue::START_DURATION,
                 l(&["p", "", "sc", "provision"]),
                 Op::Observe(3.0),
                 1,
             ),
-            Update::new(&store::LEADER, l(&[]), Op::Set(1.0), 1),
+            Update::new(&catalogue::LEADER, l(&[]), Op::Set(1.0), 1),
             Update::new(
-                &store::RECEIVER_REQUESTS_TOTAL,
+                &catalogue::RECEIVER_REQUESTS_TOTAL,
                 l(&["400"]),
                 Op::Inc(1.0),
                 1,

@@ -1,8 +1,10 @@
-//! The metrics side: the catalogue of every exported family, the store that holds their
-//! series, the `/metrics` exposition, the pusher that queues changes for remote write, and the
-//! sync that keeps the store in step with the plan.
+//! The metrics side, bottom-up: the catalogue (every exported family and the typed updates of
+//! each), the store that holds their series, the remote-write client's self-metrics, the
+//! `/metrics` exposition, and the pusher that queues every change for remote write and re-sends
+//! the whole store periodically. Nothing here knows Kubernetes or the plan.
 
+pub mod catalogue;
 pub mod exposition;
 pub mod push;
+pub mod self_metrics;
 pub mod store;
-pub mod sync;

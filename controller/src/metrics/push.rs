@@ -11,7 +11,10 @@ use remote_write::{
 };
 use tracing::{info, warn};
 
-use crate::metrics::store::{self, Point, Store, StoreError, Update};
+use crate::metrics::catalogue::Family;
+use crate::metrics::catalogue::Update;
+use crate::metrics::self_metrics;
+use crate::metrics::store::{Point, Store, StoreError};
 
 /// Remote-write flags, shared by `run` and `receive`.
 #[derive(Debug, Clone, clap::Args)]
@@ -326,7 +329,7 @@ impl Pusher {
     }
 
     /// Removes series for which `keep` is false and queues a stale marker for each.
-    pub fn remove(&self, keep: impl FnMut(&store::Family, &[(&str, &str)]) -> bool) -> usize {
+    pub fn remove(&self, keep: impl FnMut(&Family, &[(&str, &str)]) -> bool) -> usize {
         let stale: Vec<(Series, i64)> = self.store.retain(now_ms(), keep);
         if let Some(client) = &self.client {
             for (series, ts) in &stale {
@@ -342,9 +345,9 @@ impl Pusher {
         if let Some(client) = &self.client {
             let stats = client.stats();
             let now = now_ms();
-            let mut updates = store::remote_write_updates(&stats, now);
+            let mut updates = self_metrics::remote_write_updates(&stats, now);
             if client.has_buffer() {
-                updates.extend(store::buffer_updates(&stats, now));
+                updates.extend(self_metrics::buffer_updates(&stats, now));
             }
             let (_, errors) = self.store.apply(updates);
             for e in errors {
@@ -391,6 +394,7 @@ impl Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{catalogue, store};
     use clap::Parser;
 
     #[derive(Debug, Parser)]
@@ -647,11 +651,11 @@ mod tests {
         pusher.refresh_self_metrics();
         let url = "http://127.0.0.1:1/api/v1/write";
         assert_eq!(
-            store.get(&store::RW_BUFFER_BYTES, &[url]),
+            store.get(&catalogue::RW_BUFFER_BYTES, &[url]),
             Some(store::Value::Scalar(0.0))
         );
         assert_eq!(
-            store.get(&store::RW_DROPPED_TOTAL, &[url, store::BUFFER_FULL]),
+            store.get(&catalogue::RW_DROPPED_TOTAL, &[url, catalogue::BUFFER_FULL]),
             Some(store::Value::Scalar(0.0))
         );
         // A second client on the same directory is refused, in one line.
@@ -663,8 +667,12 @@ mod tests {
         let plain = Pusher::new(&args(false), plain_store.clone()).unwrap();
         assert!(!plain.client().unwrap().has_buffer());
         plain.refresh_self_metrics();
-        assert_eq!(plain_store.get(&store::RW_BUFFER_BYTES, &[url]), None);
-        assert!(plain_store.get(&store::RW_SAMPLES_TOTAL, &[url]).is_some());
+        assert_eq!(plain_store.get(&catalogue::RW_BUFFER_BYTES, &[url]), None);
+        assert!(
+            plain_store
+                .get(&catalogue::RW_SAMPLES_TOTAL, &[url])
+                .is_some()
+        );
     }
 
     #[tokio::test]
@@ -695,12 +703,7 @@ mod tests {
     async fn record_without_a_client_keeps_the_store() {
         let store = Arc::new(Store::new());
         let pusher = Pusher::without_client(store.clone());
-        let errors = pusher.record([Update::new(
-            &store::LEADER,
-            Vec::<String>::new(),
-            store::Op::Set(1.0),
-            1,
-        )]);
+        let errors = pusher.record([catalogue::leader(true, 1)]);
         assert!(errors.is_empty());
         assert_eq!(store.len(), 1);
         assert_eq!(pusher.push_all(2), 1);

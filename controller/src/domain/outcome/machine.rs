@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use crate::metrics::store::{self, Op, Update};
+use crate::metrics::catalogue;
+use crate::metrics::catalogue::{Op, Probe, Update};
 
 /// Which probe a Pod runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -387,10 +388,10 @@ impl Machine {
             delete_counted: false,
         });
         if first {
-            for on_time in ["true", "false"] {
-                out.updates.push(Update::new(
-                    &store::VOLUME_DELETE_TOTAL,
-                    [&pvc.pie_probe_name, &pvc.storage_class, on_time],
+            for on_time in [true, false] {
+                out.updates.push(catalogue::volume_delete_total(
+                    Probe::provision(&pvc.pie_probe_name, &pvc.storage_class),
+                    on_time,
                     Op::Ensure,
                     now_ms,
                 ));
@@ -398,10 +399,9 @@ impl Machine {
         }
         if pvc.bound && !v.provision_seen {
             v.provision_seen = true;
-            out.updates.push(Update::new(
-                &store::VOLUME_PROVISION,
-                [&pvc.pie_probe_name, &pvc.storage_class],
-                Op::Observe(secs(now_ms - pvc.created_ms)),
+            out.updates.push(catalogue::volume_provision(
+                Probe::provision(&pvc.pie_probe_name, &pvc.storage_class),
+                secs(now_ms - pvc.created_ms),
                 now_ms,
             ));
         }
@@ -423,23 +423,15 @@ impl Machine {
         let Some(deleted) = v.pvc.deleted_ms else {
             return;
         };
-        let labels = [&v.pvc.pie_probe_name, &v.pvc.storage_class];
+        let probe = Probe::provision(&v.pvc.pie_probe_name, &v.pvc.storage_class);
         let took = now_ms - deleted;
-        out.updates.push(Update::new(
-            &store::VOLUME_DELETE,
-            labels,
-            Op::Observe(secs(took)),
-            now_ms,
-        ));
+        out.updates
+            .push(catalogue::volume_delete(probe, secs(took), now_ms));
         if !v.delete_counted {
-            let on_time = if took < v.pvc.threshold_ms {
-                "true"
-            } else {
-                "false"
-            };
-            out.updates.push(Update::new(
-                &store::VOLUME_DELETE_TOTAL,
-                [labels[0], labels[1], on_time],
+            let on_time = took < v.pvc.threshold_ms;
+            out.updates.push(catalogue::volume_delete_total(
+                probe,
+                on_time,
                 Op::Inc(1.0),
                 now_ms,
             ));
@@ -454,9 +446,9 @@ fn delete_overdue(v: &mut Volume, now_ms: i64, out: &mut Output) {
         && now_ms - deleted >= v.pvc.threshold_ms
     {
         v.delete_counted = true;
-        out.updates.push(Update::new(
-            &store::VOLUME_DELETE_TOTAL,
-            [&v.pvc.pie_probe_name, &v.pvc.storage_class, "false"],
+        out.updates.push(catalogue::volume_delete_total(
+            Probe::provision(&v.pvc.pie_probe_name, &v.pvc.storage_class),
+            false,
             Op::Inc(1.0),
             deleted + v.pvc.threshold_ms,
         ));
@@ -510,43 +502,23 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
             .is_none()
             .then(|| t.reason.map_or("timeout", |(_, r)| r)),
     });
-    let on_time_label = if on_time { "true" } else { "false" };
-    match p.kind {
-        ProbeKind::Provision => out.updates.push(Update::new(
-            &store::PROVISION_TOTAL,
-            [&p.pie_probe_name, &p.storage_class, on_time_label],
-            Op::Inc(1.0),
-            at,
-        )),
-        ProbeKind::Mount => out.updates.push(Update::new(
-            &store::MOUNT_TOTAL,
-            [&p.pie_probe_name, &p.node, &p.storage_class, on_time_label],
-            Op::Inc(1.0),
-            at,
-        )),
-    }
+    let probe = Probe::mount(&p.pie_probe_name, &p.node, &p.storage_class);
+    out.updates.push(match p.kind {
+        ProbeKind::Provision => catalogue::provision_total(probe, on_time, Op::Inc(1.0), at),
+        ProbeKind::Mount => catalogue::mount_total(probe, on_time, Op::Inc(1.0), at),
+    });
     if let Some(started) = p.started_ms {
-        out.updates.push(Update::new(
-            &store::START_DURATION,
-            [&p.pie_probe_name, &p.node, &p.storage_class, p.kind.label()],
-            Op::Observe(secs(started - p.created_ms)),
+        out.updates.push(catalogue::start_duration(
+            probe,
+            p.kind.label(),
+            secs(started - p.created_ms),
             at,
         ));
     }
     if !on_time {
         let reason = t.reason.map_or("timeout", |(_, r)| r);
-        out.updates.push(Update::new(
-            &store::FAILURES_TOTAL,
-            [
-                p.pie_probe_name.as_str(),
-                &p.node,
-                &p.storage_class,
-                p.kind.label(),
-                reason,
-            ],
-            Op::Inc(1.0),
-            at,
-        ));
+        out.updates
+            .push(catalogue::failure(probe, p.kind.label(), reason, at));
     }
 }
 
@@ -558,21 +530,12 @@ pub fn zero_updates(
     storage_class: &str,
     now_ms: i64,
 ) -> Vec<Update> {
-    ["true", "false"]
+    let probe = Probe::mount(pie_probe_name, node, storage_class);
+    [true, false]
         .into_iter()
         .map(|on_time| match kind {
-            ProbeKind::Provision => Update::new(
-                &store::PROVISION_TOTAL,
-                [pie_probe_name, storage_class, on_time],
-                Op::Ensure,
-                now_ms,
-            ),
-            ProbeKind::Mount => Update::new(
-                &store::MOUNT_TOTAL,
-                [pie_probe_name, node, storage_class, on_time],
-                Op::Ensure,
-                now_ms,
-            ),
+            ProbeKind::Provision => catalogue::provision_total(probe, on_time, Op::Ensure, now_ms),
+            ProbeKind::Mount => catalogue::mount_total(probe, on_time, Op::Ensure, now_ms),
         })
         .collect()
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::metrics::catalogue;
 use crate::metrics::store::{Store, Value};
 
 const T: i64 = 10_000; // probeThreshold 10 s
@@ -440,11 +441,11 @@ fn zero_series_for_both_on_time_values() {
     store.apply(zero_updates(ProbeKind::Provision, "p", "", "sc", 1));
     for v in ["true", "false"] {
         assert_eq!(
-            store.get(&store::MOUNT_TOTAL, &["p", "n1", "sc", v]),
+            store.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", v]),
             Some(Value::Scalar(0.0))
         );
         assert_eq!(
-            store.get(&store::PROVISION_TOTAL, &["p", "sc", v]),
+            store.get(&catalogue::PROVISION_TOTAL, &["p", "sc", v]),
             Some(Value::Scalar(0.0))
         );
     }

@@ -6,6 +6,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::http::auth::{Identity, SharedToken};
+use crate::metrics::catalogue;
 use crate::metrics::store::{Store, Value};
 
 /// Tokens mapped to identities; `"down"` means the TokenReview API is unreachable.
@@ -123,7 +124,7 @@ fn probe_series(store: &Store) -> Vec<(&'static str, Series)> {
     store
         .families()
         .into_iter()
-        .filter(|f| !std::ptr::eq(f.family, &store::RECEIVER_REQUESTS_TOTAL))
+        .filter(|f| !std::ptr::eq(f.family, &catalogue::RECEIVER_REQUESTS_TOTAL))
         .map(|f| (f.family.name, f.series))
         .collect()
 }
@@ -368,7 +369,7 @@ async fn bad_inputs_are_rejected_with_their_status_and_change_nothing() {
     assert_eq!(probe_series(&store), before, "bad input changed the store");
     for (code, n) in &expected_codes {
         assert_eq!(
-            store.get(&store::RECEIVER_REQUESTS_TOTAL, &[code]),
+            store.get(&catalogue::RECEIVER_REQUESTS_TOTAL, &[code]),
             Some(Value::Scalar(*n)),
             "requests with code {code}"
         );
@@ -390,32 +391,32 @@ async fn bad_inputs_are_rejected_with_their_status_and_change_nothing() {
     let labels = ["test-pie-probe", "node-a", "topolvm-provisioner"];
     assert_eq!(
         store.get(
-            &store::PERFORMANCE_TOTAL,
+            &catalogue::PERFORMANCE_TOTAL,
             &[labels[0], labels[1], labels[2], "true"]
         ),
         Some(Value::Scalar(2.0))
     );
     assert_eq!(
         store.get(
-            &store::PERFORMANCE_TOTAL,
+            &catalogue::PERFORMANCE_TOTAL,
             &[labels[0], labels[1], labels[2], "false"]
         ),
         Some(Value::Scalar(0.0))
     );
     assert_eq!(
-        store.get(&store::WRITE_LATENCY, &labels),
+        store.get(&catalogue::WRITE_LATENCY, &labels),
         Some(Value::Scalar(0.002))
     );
     assert_eq!(
-        store.get(&store::READ_IOPS, &labels),
+        store.get(&catalogue::READ_IOPS, &labels),
         Some(Value::Scalar(1000.0))
     );
     assert_eq!(
-        store.get(&store::WRITE_LATENCY_P99, &labels),
+        store.get(&catalogue::WRITE_LATENCY_P99, &labels),
         Some(Value::Scalar(0.005))
     );
     assert_eq!(
-        store.get(&store::RECEIVER_REQUESTS_TOTAL, &["200"]),
+        store.get(&catalogue::RECEIVER_REQUESTS_TOTAL, &["200"]),
         Some(Value::Scalar(2.0))
     );
 }
@@ -437,19 +438,19 @@ async fn pies_own_result_and_failures() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let l = ["test-pie-probe", "node-b", "topolvm-provisioner"];
     assert_eq!(
-        store.get(&store::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "false"]),
+        store.get(&catalogue::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "false"]),
         Some(Value::Scalar(1.0))
     );
     assert_eq!(
-        store.get(&store::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "true"]),
+        store.get(&catalogue::PERFORMANCE_TOTAL, &[l[0], l[1], l[2], "true"]),
         Some(Value::Scalar(0.0))
     );
     assert_eq!(
-        store.get(&store::WRITE_LATENCY, &l),
+        store.get(&catalogue::WRITE_LATENCY, &l),
         None,
         "a failed probe sets no latency"
     );
-    assert_eq!(store.get(&store::LAST_SUCCESS, &l), None);
+    assert_eq!(store.get(&catalogue::LAST_SUCCESS, &l), None);
 }
 
 /// A probe's number is stored as the double its JSON text names, bit for bit.
@@ -460,7 +461,7 @@ async fn numbers_reach_the_store_bit_for_bit() {
     let (status, body) = send(&router, post(valid_with("write_latency", text))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let Some(Value::Scalar(stored)) = store.get(
-        &store::WRITE_LATENCY,
+        &catalogue::WRITE_LATENCY,
         &["test-pie-probe", "node-a", "topolvm-provisioner"],
     ) else {
         panic!("no write latency")

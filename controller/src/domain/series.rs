@@ -1,33 +1,25 @@
-//! The store kept in step with the PieProbes (`run` only): `pie_node_eligible` from the plan,
-//! both `on_time`/`succeed` values at 0 for every probe (so `increase()` sees the first
-//! failure), the series of deleted PieProbes and nodes removed with a stale marker each, and
-//! `pie_controller_leader`.
+//! The series the plan implies (`run` only): `pie_node_eligible` from the plan, both
+//! `on_time`/`succeed` values at 0 for every probe (so `increase()` sees the first failure),
+//! `pie_controller_leader`, and which series go (with a stale marker each) when their PieProbe
+//! or node does. Pure: `apps::run` applies them to the store before every periodic push.
 
 use std::collections::BTreeSet;
 
-use tracing::info;
-
 use crate::domain::outcome::machine::{ProbeKind, zero_updates};
 use crate::domain::plan::NodeEligibility;
-use crate::metrics::push::{Pusher, now_ms};
-use crate::metrics::store::{self, Family, Op, Update};
+use crate::metrics::catalogue::{self, Family, Op, Probe, Update};
 
 /// The updates that keep the store in step with the plan: eligibility gauges, zero series,
 /// and the leader gauge.
 pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) -> Vec<Update> {
-    let mut updates = vec![Update::new(
-        &store::LEADER,
-        Vec::<String>::new(),
-        Op::Set(if leader { 1.0 } else { 0.0 }),
-        now_ms,
-    )];
+    let mut updates = vec![catalogue::leader(leader, now_ms)];
     let mut probes = BTreeSet::new();
     for e in eligibility {
-        let probe = [e.pie_probe.as_str(), &e.node, &e.storage_class];
-        updates.push(Update::new(
-            &store::NODE_ELIGIBLE,
+        let probe = Probe::mount(&e.pie_probe, &e.node, &e.storage_class);
+        updates.push(catalogue::probe_gauge(
+            &catalogue::NODE_ELIGIBLE,
             probe,
-            Op::Set(e.gauge()),
+            e.gauge(),
             now_ms,
         ));
         updates.extend(zero_updates(
@@ -37,10 +29,10 @@ pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) 
             &e.storage_class,
             now_ms,
         ));
-        for succeed in ["true", "false"] {
-            updates.push(Update::new(
-                &store::PERFORMANCE_TOTAL,
-                [probe[0], probe[1], probe[2], succeed],
+        for succeed in [true, false] {
+            updates.push(catalogue::performance_total(
+                probe,
+                succeed,
                 Op::Ensure,
                 now_ms,
             ));
@@ -49,10 +41,10 @@ pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) 
     }
     for (probe, sc) in probes {
         updates.extend(zero_updates(ProbeKind::Provision, probe, "", sc, now_ms));
-        for on_time in ["true", "false"] {
-            updates.push(Update::new(
-                &store::VOLUME_DELETE_TOTAL,
-                [probe, sc, on_time],
+        for on_time in [true, false] {
+            updates.push(catalogue::volume_delete_total(
+                Probe::provision(probe, sc),
+                on_time,
                 Op::Ensure,
                 now_ms,
             ));
@@ -81,26 +73,6 @@ pub fn keep(eligibility: &[NodeEligibility]) -> impl Fn(&Family, &[(&str, &str)]
     }
 }
 
-/// One periodic sync before the whole store is pushed. `leader`: this replica holds the Lease
-/// (the `pie_controller_leader` gauge). `eligibility`: the plan, once this replica leads with
-/// synced caches; `None` before (an unsynced plan would look like every PieProbe deleted),
-/// and then nothing but the leader gauge changes.
-pub fn sync(pusher: &Pusher, leader: bool, eligibility: Option<&[NodeEligibility]>) {
-    let now = now_ms();
-    let Some(eligibility) = eligibility else {
-        pusher.record(sync_updates(&[], leader, now));
-        return;
-    };
-    pusher.record(sync_updates(eligibility, leader, now));
-    let removed = pusher.remove(keep(eligibility));
-    if removed > 0 {
-        info!(
-            series = removed,
-            "removed series of deleted PieProbes or nodes"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,36 +96,36 @@ mod tests {
         let (_, errors) = store.apply(sync_updates(&plan, true, 1));
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
-            store.get(&store::NODE_ELIGIBLE, &["p", "n1", "sc"]),
+            store.get(&catalogue::NODE_ELIGIBLE, &["p", "n1", "sc"]),
             Some(Value::Scalar(1.0))
         );
         assert_eq!(
-            store.get(&store::NODE_ELIGIBLE, &["p", "n2", "sc"]),
+            store.get(&catalogue::NODE_ELIGIBLE, &["p", "n2", "sc"]),
             Some(Value::Scalar(0.0))
         );
         for v in ["true", "false"] {
             assert!(
                 store
-                    .get(&store::MOUNT_TOTAL, &["p", "n2", "sc", v])
+                    .get(&catalogue::MOUNT_TOTAL, &["p", "n2", "sc", v])
                     .is_some()
             );
             assert!(
                 store
-                    .get(&store::PROVISION_TOTAL, &["p", "sc", v])
+                    .get(&catalogue::PROVISION_TOTAL, &["p", "sc", v])
                     .is_some()
             );
             assert!(
                 store
-                    .get(&store::PERFORMANCE_TOTAL, &["p", "n1", "sc", v])
+                    .get(&catalogue::PERFORMANCE_TOTAL, &["p", "n1", "sc", v])
                     .is_some()
             );
             assert!(
                 store
-                    .get(&store::VOLUME_DELETE_TOTAL, &["p", "sc", v])
+                    .get(&catalogue::VOLUME_DELETE_TOTAL, &["p", "sc", v])
                     .is_some()
             );
         }
-        assert_eq!(store.get(&store::LEADER, &[]), Some(Value::Scalar(1.0)));
+        assert_eq!(store.get(&catalogue::LEADER, &[]), Some(Value::Scalar(1.0)));
     }
 
     #[test]
@@ -162,7 +134,7 @@ mod tests {
         let before = [elig("n1", None), elig("n2", None)];
         store.apply(sync_updates(&before, true, 1));
         store.apply([Update::new(
-            &store::FAILURES_TOTAL,
+            &catalogue::FAILURES_TOTAL,
             ["p", "n9", "sc", "provision", "timeout"],
             Op::Inc(1.0),
             1,
@@ -179,7 +151,7 @@ mod tests {
         assert!(
             store
                 .get(
-                    &store::FAILURES_TOTAL,
+                    &catalogue::FAILURES_TOTAL,
                     &["p", "n9", "sc", "provision", "timeout"]
                 )
                 .is_some(),
@@ -188,27 +160,5 @@ mod tests {
         let stale = store.retain(3, keep(&[]));
         assert!(stale.len() > 5);
         assert_eq!(store.len(), 1, "only the leader gauge is left");
-    }
-
-    #[test]
-    fn the_leader_gauge_follows_the_lease_before_caches_sync() {
-        let pusher = Pusher::without_client(std::sync::Arc::new(Store::new()));
-        let plan = [elig("n1", None)];
-        sync(&pusher, true, Some(&plan));
-        assert!(pusher.store().len() > 1);
-        // Leading, caches not synced yet: the gauge says leader, nothing is removed.
-        let before = pusher.store().len();
-        sync(&pusher, true, None);
-        assert_eq!(pusher.store().len(), before);
-        assert_eq!(
-            pusher.store().get(&store::LEADER, &[]),
-            Some(Value::Scalar(1.0))
-        );
-        // The Lease is lost.
-        sync(&pusher, false, None);
-        assert_eq!(
-            pusher.store().get(&store::LEADER, &[]),
-            Some(Value::Scalar(0.0))
-        );
     }
 }
