@@ -7,6 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_owned()
+}
+
 /// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -25,8 +33,9 @@ pub struct PieBinaries {
     pub agent: PathBuf,
 }
 
-/// Builds `pie-controller` and `pie-agent` (debug) into the running test's target dir, once
-/// per test binary, and returns their paths.
+/// Builds `pie-controller` and `pie-agent` (debug) into [`target_dir`], once per test binary,
+/// and returns their paths. Both, also for a test that needs only one, so that there is one
+/// build to keep right (the `CARGO_*` variables below).
 pub fn pie_binaries() -> &'static PieBinaries {
     static BINARIES: OnceLock<PieBinaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
@@ -66,17 +75,14 @@ pub fn pie_binaries() -> &'static PieBinaries {
     })
 }
 
-/// Builds the `pie-controller` binary (debug) into `target` (the tests' own target
-/// directory, `<target>/<profile>/deps/<test>` three levels up from the test binary) and
-/// returns its path.
+/// The `pie-controller` of [`pie_binaries`]' one build. `target` must be [`target_dir`]: that
+/// build writes nowhere else, so a caller that means another dir fails here rather than run a
+/// binary it did not build.
 pub fn build_pie_controller(target: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "pie-controller", "--bin", "pie-controller"])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build of pie-controller failed");
-    target.join("debug").join("pie-controller")
+    assert_eq!(
+        target,
+        target_dir(),
+        "pie's binaries are built into the test binary's target dir only"
+    );
+    pie_binaries().controller.clone()
 }

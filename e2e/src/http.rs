@@ -4,17 +4,29 @@ use std::time::Duration;
 
 /// GETs a `/metrics` URL and returns its text; panics unless it answers 2xx.
 pub async fn scrape(url: &str) -> String {
-    let resp = http_client()
-        .get(url)
+    ok_body(http_client().get(url), &format!("GET {url}")).await
+}
+
+/// Sends `request` and returns the body; panics, naming `what` and showing the status and the
+/// body (the programs under test say there what was wrong), unless it answers 2xx.
+pub(crate) async fn ok_body(request: reqwest::RequestBuilder, what: &str) -> String {
+    let resp = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert!(resp.status().is_success(), "{url}: {}", resp.status());
-    resp.text().await.expect("/metrics body")
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+    assert!(status.is_success(), "{what}: {status}: {body}");
+    body
 }
 
 /// An HTTP client for tests (plain HTTP on loopback, short timeouts).
 pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a rustls crypto provider (`rustls-no-provider`); the first
+    // client installs ring's for the process, later ones find it there.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

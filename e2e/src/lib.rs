@@ -14,7 +14,8 @@
 //!   and [`probe_result_json`] / [`MOUNT_RESULT_GAUGES`] for tests that post results themselves.
 //! - what pie talks to: [`VictoriaMetrics`] (`victoria_metrics`), [`Vmalert`] with the
 //!   [`shipped_rules`] (`vmalert`), [`Vmauth`] (`vmauth`), [`Prometheus`] (`prometheus`).
-//! - `builds`: [`pie_binaries`], the one cargo build of pie's binaries, and [`target_dir`].
+//! - `builds`: [`pie_binaries`], the one cargo build of pie's binaries, [`target_dir`] and
+//!   [`repo_root`].
 //! - `process`: [`Process`] and [`free_port`], which every harness above is made of, and
 //!   [`require_binary`], [`rss_bytes`], [`dir_bytes`].
 //! - `http`: [`http_client`], [`scrape`], [`scrape_value`]; `time`: [`now_millis`].
@@ -34,13 +35,12 @@ mod victoria_metrics;
 mod vmalert;
 mod vmauth;
 
-pub use builds::{PieBinaries, build_pie_controller, pie_binaries, target_dir};
+pub use builds::{PieBinaries, build_pie_controller, pie_binaries, repo_root, target_dir};
 pub use http::{http_client, scrape, scrape_value};
 pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, probe_result_json};
 pub use process::{Process, dir_bytes, find_binary, free_port, require_binary, rss_bytes};
 pub use prometheus::{PromSeries, Prometheus};
 pub use time::now_millis;
-pub(crate) use time::now_nanos;
 pub use victoria_metrics::{ExportedSeries, VictoriaMetrics};
 pub use vmalert::{Vmalert, VmalertAlert, VmalertRule, shipped_rules};
 pub use vmauth::Vmauth;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::{Process, free_port, http_client, now_nanos, pie_binaries, scrape};
+use crate::time::now_nanos;
+use crate::{Process, free_port, http_client, pie_binaries, scrape};
 
 /// `pie-controller receive` on a free loopback port, with a shared token, `/metrics` on another
 /// free loopback port, and remote write to the given URL.
@@ -41,17 +42,14 @@ impl PieReceive {
             .args(["--external-label", &format!("cluster={cluster}")])
             .args(extra_args)
             .env("RUST_LOG", "info");
-        let mut process = Process::spawn(
+        let process = Process::spawn_ready(
             "pie-controller receive",
             command,
             dir.path().join("controller.log"),
-        );
-        process
-            .wait_ready(
-                &format!("http://127.0.0.1:{metrics_port}/metrics"),
-                Duration::from_secs(30),
-            )
-            .await;
+            &format!("http://127.0.0.1:{metrics_port}/metrics"),
+            Duration::from_secs(30),
+        )
+        .await;
         PieReceive {
             process,
             port,

@@ -67,6 +67,20 @@ impl Process {
         }
     }
 
+    /// [`Process::spawn`], then [`Process::wait_ready`] on `ready_url`: how every harness that
+    /// serves HTTP starts.
+    pub async fn spawn_ready(
+        name: &str,
+        command: Command,
+        log: PathBuf,
+        ready_url: &str,
+        timeout: Duration,
+    ) -> Process {
+        let mut process = Process::spawn(name, command, log);
+        process.wait_ready(ready_url, timeout).await;
+        process
+    }
+
     /// The operating-system process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
@@ -74,9 +88,7 @@ impl Process {
 
     /// The last lines of the process log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        file_tail(&self.log, 30)
     }
 
     /// Whether the process has exited.
@@ -177,6 +189,14 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The last `lines` lines of the text file `path` (empty if it cannot be read), for failure
+/// messages.
+pub(crate) fn file_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The resident set size of process `pid` in bytes (Linux `/proc/<pid>/status`).

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tempfile::TempDir;
 
+use crate::http::ok_body;
 use crate::{Process, free_port, http_client, require_binary};
 
 /// Prometheus with `--web.enable-remote-write-receiver` on a free loopback port.
@@ -45,13 +46,14 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver")
             .arg("--log.level=warn");
-        let mut process = Process::spawn("prometheus", command, dir.path().join("prometheus.log"));
-        process
-            .wait_ready(
-                &format!("http://127.0.0.1:{port}/-/ready"),
-                Duration::from_secs(60),
-            )
-            .await;
+        let process = Process::spawn_ready(
+            "prometheus",
+            command,
+            dir.path().join("prometheus.log"),
+            &format!("http://127.0.0.1:{port}/-/ready"),
+            Duration::from_secs(60),
+        )
+        .await;
         Prometheus {
             _process: process,
             port,
@@ -80,15 +82,10 @@ impl Prometheus {
             values: Vec<(f64, String)>,
         }
         let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let resp = http_client()
+        let request = http_client()
             .post(&url)
-            .form(&[("query", query), ("time", &format!("{time_s:.3}"))])
-            .send()
-            .await
-            .expect("prometheus query");
-        let status = resp.status();
-        let body = resp.text().await.expect("prometheus query body");
-        assert!(status.is_success(), "query {query}: {status}: {body}");
+            .form(&[("query", query), ("time", &format!("{time_s:.3}"))]);
+        let body = ok_body(request, &format!("query {query}")).await;
         let parsed: Resp = serde_json::from_str(&body).expect("prometheus query JSON");
         let mut out: Vec<PromSeries> = parsed
             .data

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::{Process, free_port, http_client, now_millis, now_nanos, require_binary};
+use crate::http::ok_body;
+use crate::time::now_nanos;
+use crate::time::poll_until;
+use crate::{Process, free_port, http_client, now_millis, require_binary};
 
 /// One series as VictoriaMetrics' `/api/v1/export` returns it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -161,21 +164,13 @@ impl VictoriaMetrics {
     /// (`name{labels} value timestamp_ms` lines) through `/api/v1/import/prometheus`.
     pub async fn import_prometheus(&self, text: &str) {
         let url = format!("{}/api/v1/import/prometheus", self.base_url());
-        let resp = http_client()
-            .post(&url)
-            .body(text.to_owned())
-            .send()
-            .await
-            .expect("import request");
-        let status = resp.status();
-        assert!(status.is_success(), "import: {status}");
+        ok_body(http_client().post(&url).body(text.to_owned()), "import").await;
     }
 
     /// Makes recently ingested samples searchable at once.
     pub async fn force_flush(&self) {
         let url = format!("{}/internal/force_flush", self.base_url());
-        let resp = http_client().get(&url).send().await.expect("force_flush");
-        assert!(resp.status().is_success(), "force_flush: {}", resp.status());
+        ok_body(http_client().get(&url), "force_flush").await;
     }
 
     /// Every series matching the series selector `selector`, as `/api/v1/export` returns it,
@@ -183,21 +178,14 @@ impl VictoriaMetrics {
     pub async fn export(&self, selector: &str) -> Vec<ExportedSeries> {
         self.force_flush().await;
         let url = format!("{}/api/v1/export", self.base_url());
-        let resp = http_client()
-            .post(&url)
-            // VictoriaMetrics 1.79 ends exports a little before "now" unless told otherwise;
-            // samples stamped "now" must be included.
-            .form(&[
-                ("match[]", selector),
-                ("reduce_mem_usage", "1"),
-                ("end", &(now_millis() / 1000 + 3600).to_string()),
-            ])
-            .send()
-            .await
-            .expect("export request");
-        let status = resp.status();
-        let body = resp.text().await.expect("export body");
-        assert!(status.is_success(), "export {selector}: {status}: {body}");
+        // VictoriaMetrics 1.79 ends exports a little before "now" unless told otherwise;
+        // samples stamped "now" must be included.
+        let request = http_client().post(&url).form(&[
+            ("match[]", selector),
+            ("reduce_mem_usage", "1"),
+            ("end", &(now_millis() / 1000 + 3600).to_string()),
+        ]);
+        let body = ok_body(request, &format!("export {selector}")).await;
         // With reduce_mem_usage a series stored in several parts (e.g. across a restart)
         // comes as several lines: merge them, keeping every sample (duplicates included).
         let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
@@ -230,14 +218,13 @@ impl VictoriaMetrics {
         timeout: Duration,
         done: impl Fn(&[ExportedSeries]) -> bool,
     ) -> Vec<ExportedSeries> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let series = self.export(selector).await;
-            if done(&series) || Instant::now() > deadline {
-                return series;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(
+            timeout,
+            Duration::from_millis(100),
+            || self.export(selector),
+            |series| done(series),
+        )
+        .await
     }
 
     /// The log tail, for assertion messages.

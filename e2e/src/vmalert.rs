@@ -4,18 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::{Process, VictoriaMetrics, free_port, http_client, require_binary};
+use crate::http::ok_body;
+use crate::time::poll_until;
+use crate::{Process, VictoriaMetrics, free_port, http_client, repo_root, require_binary};
 
 /// The shipped plain rule file, `deploy/alerts/pie.rules.yml`.
 pub fn shipped_rules() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("deploy/alerts/pie.rules.yml")
+    repo_root().join("deploy/alerts/pie.rules.yml")
 }
 
 /// One alert as vmalert's `/api/v1/alerts` lists it.
@@ -82,13 +82,14 @@ impl Vmalert {
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-external.url=http://127.0.0.1:{port}"))
             .arg("-loggerLevel=WARN");
-        let mut process = Process::spawn("vmalert", command, dir.path().join("vmalert.log"));
-        process
-            .wait_ready(
-                &format!("http://127.0.0.1:{port}/health"),
-                Duration::from_secs(30),
-            )
-            .await;
+        let process = Process::spawn_ready(
+            "vmalert",
+            command,
+            dir.path().join("vmalert.log"),
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(30),
+        )
+        .await;
         Vmalert {
             process,
             port,
@@ -103,10 +104,7 @@ impl Vmalert {
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let url = format!("{}{path}", self.base_url());
-        let resp = http_client().get(&url).send().await.expect("vmalert API");
-        let status = resp.status();
-        let body = resp.text().await.expect("vmalert API body");
-        assert!(status.is_success(), "{url}: {status}: {body}");
+        let body = ok_body(http_client().get(&url), &url).await;
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
     }
 
@@ -161,14 +159,13 @@ impl Vmalert {
         timeout: Duration,
         done: impl Fn(&[VmalertAlert]) -> bool,
     ) -> Vec<VmalertAlert> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let alerts = self.alerts().await;
-            if done(&alerts) || Instant::now() > deadline {
-                return alerts;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        poll_until(
+            timeout,
+            Duration::from_millis(200),
+            || self.alerts(),
+            |alerts| done(alerts),
+        )
+        .await
     }
 
     /// The log tail, for assertion messages.

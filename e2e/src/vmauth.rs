@@ -29,13 +29,14 @@ impl Vmauth {
             .arg(format!("-auth.config={}", config_path.display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg("-loggerLevel=WARN");
-        let mut process = Process::spawn("vmauth", command, dir.path().join("vmauth.log"));
-        process
-            .wait_ready(
-                &format!("http://127.0.0.1:{port}/health"),
-                Duration::from_secs(30),
-            )
-            .await;
+        let process = Process::spawn_ready(
+            "vmauth",
+            command,
+            dir.path().join("vmauth.log"),
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(30),
+        )
+        .await;
         Vmauth {
             _process: process,
             port,
