@@ -1,7 +1,7 @@
 //! Sustained samples/s into a real VictoriaMetrics on loopback, with the CPU seconds the sender
 //! process and VictoriaMetrics used for the same samples.
 //!
-//! `cargo bench -p pie-remote-write --bench vm_throughput [-- SAMPLES]` (default 4,000,000
+//! `cargo bench -p pie-e2e --bench vm_throughput [-- SAMPLES]` (default 4,000,000
 //! samples over 10,000 series with pie-like labels, default batching, pushed as the controller
 //! pushes its store: a snapshot of all 10,000 series at a time with `Client::push_many`).
 
