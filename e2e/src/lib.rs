@@ -17,7 +17,7 @@
 //! - `builds`: [`pie_binaries`], the one cargo build of pie's binaries, [`target_dir`] and
 //!   [`repo_root`].
 //! - `process`: [`Process`] and [`free_port`], which every harness above is made of, and
-//!   [`require_binary`], [`rss_bytes`], [`dir_bytes`].
+//!   [`require_binary`], [`rss_bytes`], [`cpu_seconds`], [`dir_bytes`].
 //! - `http`: [`http_client`], [`scrape`], [`scrape_value`]; `time`: [`now_millis`].
 //!
 //! The modules are private and everything is re-exported here: a test names
@@ -38,7 +38,9 @@ mod vmauth;
 pub use builds::{PieBinaries, build_pie_controller, pie_binaries, repo_root, target_dir};
 pub use http::{http_client, scrape, scrape_value};
 pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, probe_result_json};
-pub use process::{Process, dir_bytes, find_binary, free_port, require_binary, rss_bytes};
+pub use process::{
+    Process, cpu_seconds, dir_bytes, find_binary, free_port, require_binary, rss_bytes,
+};
 pub use prometheus::{PromSeries, Prometheus};
 pub use time::now_millis;
 pub use victoria_metrics::{ExportedSeries, VictoriaMetrics};

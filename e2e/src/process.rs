@@ -207,6 +207,19 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The CPU seconds (user + system, all threads) process `pid` has used (Linux
+/// `/proc/<pid>/stat`), for benches that compare the CPU of several processes over one run.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces; utime and stime are the 12th and 13th
+    // fields after it.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // In USER_HZ, which the kernel reports as 100 on every architecture.
+    Some(ticks / 100.0)
+}
+
 /// The total size in bytes of the regular files under `dir` (0 if it does not exist).
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
