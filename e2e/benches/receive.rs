@@ -30,16 +30,7 @@ fn body(i: usize, node: usize) -> String {
 
 /// User + system CPU seconds of this process.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
+    e2e::cpu_seconds(std::process::id()).expect("read /proc/self/stat")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -19,6 +19,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Deserialize;
 
+pub use crate::builds::repo_root;
+use crate::process::file_tail;
+use crate::time::poll_until;
 use crate::{PieBinaries, Process, free_port, pie_binaries, target_dir};
 
 /// The agent image the tests' PieProbes use: `deploy/`'s tag, mapped to the `pie-agent` built
@@ -32,14 +35,6 @@ pub const NO_PROVISIONER_STORAGE_CLASS: &str = "pie-no-provisioner";
 pub const SHELL_IMAGE: &str = "pie.test/shell";
 /// Nodes of the local cluster.
 pub const NODES: usize = 3;
-
-/// The repository's root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ has a parent")
-        .to_owned()
-}
 
 /// The cluster the tests of this binary run on.
 #[derive(Debug)]
@@ -363,10 +358,7 @@ impl TestCluster {
         let Some(dir) = self.dir() else {
             return String::new();
         };
-        let text = std::fs::read_to_string(dir.join("logs").join(format!("{component}.log")))
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        file_tail(&dir.join("logs").join(format!("{component}.log")), lines)
     }
 }
 
@@ -411,19 +403,12 @@ where
 }
 
 /// Polls `check` every second until it is true (`true`) or `timeout` passes (`false`).
-pub async fn within<F, Fut>(timeout: Duration, mut check: F) -> bool
+pub async fn within<F, Fut>(timeout: Duration, check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    true
+    poll_until(timeout, Duration::from_secs(1), check, |ok| *ok).await
 }
 
 /// `pie-controller run`, the real binary, as `deploy/base/deployment.yaml` runs it (same flags
@@ -497,14 +482,14 @@ impl PieController {
                 "RUST_LOG",
                 std::env::var("PIE_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
             );
-        let mut process =
-            Process::spawn("pie-controller run", command, path.join("controller.log"));
-        process
-            .wait_ready(
-                &format!("http://127.0.0.1:{health_port}/readyz"),
-                Duration::from_secs(90),
-            )
-            .await;
+        let process = Process::spawn_ready(
+            "pie-controller run",
+            command,
+            path.join("controller.log"),
+            &format!("http://127.0.0.1:{health_port}/readyz"),
+            Duration::from_secs(90),
+        )
+        .await;
         PieController {
             process,
             results_port,
@@ -522,14 +507,13 @@ impl PieController {
     /// Polls `/metrics` every second until `done` holds for it or `timeout` passes; returns
     /// the last text either way.
     pub async fn metrics_until(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.metrics().await;
-            if done(&text) || Instant::now() > deadline {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        poll_until(
+            timeout,
+            Duration::from_secs(1),
+            || self.metrics(),
+            |text| done(text),
+        )
+        .await
     }
 
     /// The last lines of its log.

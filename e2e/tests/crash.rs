@@ -15,17 +15,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, build_pie_controller, dir_bytes,
-    free_port, http_client, probe_result_json, rss_bytes, scrape_value,
+    free_port, http_client, probe_result_json, rss_bytes, scrape_value, target_dir,
 };
-
-/// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .to_owned()
-}
 
 /// Samples one successful result puts in the store: the gauges and both `succeed` counters.
 const SAMPLES_PER_RESULT: u64 = MOUNT_RESULT_GAUGES.len() as u64 + 2;

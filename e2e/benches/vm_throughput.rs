@@ -1,7 +1,7 @@
 //! Sustained samples/s into a real VictoriaMetrics on loopback, with the CPU seconds the sender
 //! process and VictoriaMetrics used for the same samples.
 //!
-//! `cargo bench -p pie-remote-write --bench vm_throughput [-- SAMPLES]` (default 4,000,000
+//! `cargo bench -p pie-e2e --bench vm_throughput [-- SAMPLES]` (default 4,000,000
 //! samples over 10,000 series with pie-like labels, default batching, pushed as the controller
 //! pushes its store: a snapshot of all 10,000 series at a time with `Client::push_many`).
 
@@ -10,30 +10,19 @@ use std::time::{Duration, Instant};
 use e2e::VictoriaMetrics;
 use remote_write::{Client, ClientConfig, EndpointConfig, Sample, Series};
 
-/// CPU seconds (user + system) of process `pid` ("self" for this process).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0 // USER_HZ
+/// CPU seconds (user + system) of process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    e2e::cpu_seconds(pid).expect("read /proc/<pid>/stat")
 }
 
 async fn rows_inserted(vm: &VictoriaMetrics) -> u64 {
-    let body = e2e::http_client()
-        .get(format!("{}/metrics", vm.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .find(|l| l.starts_with("vm_rows_inserted_total{type=\"promremotewrite\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let text = e2e::scrape(&format!("{}/metrics", vm.base_url())).await;
+    e2e::scrape_value(
+        &text,
+        "vm_rows_inserted_total",
+        &[("type", "promremotewrite")],
+    )
+    .unwrap_or(0.0) as u64
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +33,7 @@ async fn main() {
         .unwrap_or(4_000_000);
     const SERIES: usize = 10_000;
     let vm = VictoriaMetrics::start().await;
-    let vm_pid = vm.pid().to_string();
+    let (own_pid, vm_pid) = (std::process::id(), vm.pid());
     let series: Vec<Series> = (0..SERIES)
         .map(|i| {
             Series::new(
@@ -66,7 +55,7 @@ async fn main() {
     })
     .unwrap();
 
-    let (cpu_self0, cpu_vm0) = (cpu_seconds("self"), cpu_seconds(&vm_pid));
+    let (cpu_self0, cpu_vm0) = (cpu_seconds(own_pid), cpu_seconds(vm_pid));
     let started = Instant::now();
     let base = 1_700_000_000_000i64;
     // As the controller pushes its metric store: a snapshot of every series at once, with
@@ -93,8 +82,8 @@ async fn main() {
     client.flush().await;
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_self, cpu_vm) = (
-        cpu_seconds("self") - cpu_self0,
-        cpu_seconds(&vm_pid) - cpu_vm0,
+        cpu_seconds(own_pid) - cpu_self0,
+        cpu_seconds(vm_pid) - cpu_vm0,
     );
     let stats = client.stats()[0].clone();
     assert!(client.shutdown(Duration::from_secs(10)).await.is_complete());

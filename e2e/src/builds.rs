@@ -1,0 +1,88 @@
+//! pie's binaries, built by the tests themselves: cargo builds no other package's binaries for a
+//! test (artifact dependencies are unstable), so the first test that needs them runs
+//! `cargo build` into the test binary's own target dir, where the dependencies are compiled
+//! already.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_owned()
+}
+
+/// `<target>` of the running test binary (`<target>/<profile>/deps/<test>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_owned()
+}
+
+/// `pie-controller` and `pie-agent`, built for the tests.
+#[derive(Debug)]
+pub struct PieBinaries {
+    /// The `pie-controller` binary.
+    pub controller: PathBuf,
+    /// The `pie-agent` binary.
+    pub agent: PathBuf,
+}
+
+/// Builds `pie-controller` and `pie-agent` (debug) into [`target_dir`], once per test binary,
+/// and returns their paths. Both, also for a test that needs only one, so that there is one
+/// build to keep right (the `CARGO_*` variables below).
+pub fn pie_binaries() -> &'static PieBinaries {
+    static BINARIES: OnceLock<PieBinaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let target = target_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "-p", "pie-controller", "-p", "pie-agent"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo gives the test process the package's variables; a build script that reruns
+        // when one of them changes (ring: CARGO_MANIFEST_DIR) would otherwise be rebuilt here
+        // and again by the next `cargo test`, with everything that depends on it.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            {
+                command.env_remove(name.as_ref());
+            }
+        }
+        let status = command.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        let bin = target.join("debug");
+        PieBinaries {
+            controller: bin.join("pie-controller"),
+            agent: bin.join("pie-agent"),
+        }
+    })
+}
+
+/// The `pie-controller` of [`pie_binaries`]' one build. `target` must be [`target_dir`]: that
+/// build writes nowhere else, so a caller that means another dir fails here rather than run a
+/// binary it did not build.
+pub fn build_pie_controller(target: &Path) -> PathBuf {
+    assert_eq!(
+        target,
+        target_dir(),
+        "pie's binaries are built into the test binary's target dir only"
+    );
+    pie_binaries().controller.clone()
+}

@@ -1,0 +1,234 @@
+//! A single-node VictoriaMetrics, the store pie writes to, and how the tests read it back:
+//! `/api/v1/export` returns the raw samples (a query would evaluate them), which is what the
+//! exactly-once and value checks compare.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tempfile::TempDir;
+
+use crate::http::ok_body;
+use crate::time::now_nanos;
+use crate::time::poll_until;
+use crate::{Process, free_port, http_client, now_millis, require_binary};
+
+/// One series as VictoriaMetrics' `/api/v1/export` returns it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExportedSeries {
+    /// All labels including `__name__`.
+    pub metric: BTreeMap<String, String>,
+    /// Sample values, in timestamp order.
+    pub values: Vec<f64>,
+    /// Sample timestamps in milliseconds.
+    pub timestamps: Vec<i64>,
+}
+
+/// A single-node VictoriaMetrics on a free loopback port with a temporary data directory.
+#[derive(Debug)]
+pub struct VictoriaMetrics {
+    process: Process,
+    port: u16,
+    path_prefix: String,
+    extra_args: Vec<String>,
+    dir: TempDir,
+}
+
+impl VictoriaMetrics {
+    /// Starts VictoriaMetrics and waits until it is healthy.
+    pub async fn start() -> VictoriaMetrics {
+        VictoriaMetrics::start_with(&[]).await
+    }
+
+    /// Starts VictoriaMetrics with extra command-line flags (e.g. `-http.pathPrefix=/x`).
+    pub async fn start_with(extra_args: &[&str]) -> VictoriaMetrics {
+        let dir = tempfile::tempdir().expect("create a VictoriaMetrics data dir");
+        let port = free_port();
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let path_prefix = extra_args
+            .iter()
+            .find_map(|a| a.strip_prefix("-http.pathPrefix="))
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_owned();
+        let process = Self::spawn(dir.path(), port, &extra_args);
+        let mut vm = VictoriaMetrics {
+            process,
+            port,
+            path_prefix,
+            extra_args,
+            dir,
+        };
+        vm.wait_ready().await;
+        vm
+    }
+
+    fn spawn(dir: &Path, port: u16, extra_args: &[String]) -> Process {
+        let binary = require_binary("victoria-metrics", "victoria-metrics");
+        let mut command = Command::new(binary);
+        command
+            .arg(format!("-storageDataPath={}", dir.join("data").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            .arg("-search.disableCache")
+            .arg("-search.latencyOffset=0s")
+            .arg("-loggerLevel=WARN")
+            .args(extra_args);
+        Process::spawn(
+            "victoria-metrics",
+            command,
+            dir.join(format!("victoria-metrics-{}.log", now_nanos())),
+        )
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = format!("{}/health", self.base_url());
+        self.process.wait_ready(&url, Duration::from_secs(30)).await;
+    }
+
+    /// `http://127.0.0.1:<port>` plus the configured `-http.pathPrefix`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, self.path_prefix)
+    }
+
+    /// `http://127.0.0.1:<port>` without any path prefix.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The operating-system process id of VictoriaMetrics.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The port VictoriaMetrics listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Prometheus remote-write URL.
+    pub fn write_url(&self) -> String {
+        format!("{}/api/v1/write", self.base_url())
+    }
+
+    /// The vmui URL.
+    pub fn vmui_url(&self) -> String {
+        format!("{}/vmui/", self.base_url())
+    }
+
+    /// Stops VictoriaMetrics (SIGKILL); [`VictoriaMetrics::restart`] brings it back on the same
+    /// port with the same data.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Stops VictoriaMetrics with SIGTERM and waits for it to exit, so that everything it
+    /// acknowledged is on disk (SIGKILL may lose the last second of acknowledged samples);
+    /// [`VictoriaMetrics::restart`] brings it back.
+    pub async fn stop_gracefully(&mut self) {
+        self.process.terminate();
+        let status = self.process.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.is_some(),
+            "victoria-metrics did not exit within 30 s of SIGTERM; log:\n{}",
+            self.log_tail()
+        );
+        self.process.stop();
+    }
+
+    /// Starts VictoriaMetrics again on the same port and data directory and waits until healthy.
+    pub async fn restart(&mut self) {
+        self.process.stop();
+        self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
+        self.wait_ready().await;
+    }
+
+    /// Stops VictoriaMetrics cleanly (SIGTERM, so everything it acknowledged is on disk;
+    /// SIGKILL after 30 s) and starts it again on the same port and data directory. Returns
+    /// how long it was not listening.
+    pub async fn restart_gracefully(&mut self) -> Duration {
+        let down = Instant::now();
+        let clean = self.process.terminate_within(Duration::from_secs(30));
+        assert!(
+            clean,
+            "victoria-metrics did not stop within 30 s of SIGTERM"
+        );
+        self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
+        self.wait_ready().await;
+        down.elapsed()
+    }
+
+    /// Imports samples in the Prometheus text format with millisecond timestamps
+    /// (`name{labels} value timestamp_ms` lines) through `/api/v1/import/prometheus`.
+    pub async fn import_prometheus(&self, text: &str) {
+        let url = format!("{}/api/v1/import/prometheus", self.base_url());
+        ok_body(http_client().post(&url).body(text.to_owned()), "import").await;
+    }
+
+    /// Makes recently ingested samples searchable at once.
+    pub async fn force_flush(&self) {
+        let url = format!("{}/internal/force_flush", self.base_url());
+        ok_body(http_client().get(&url), "force_flush").await;
+    }
+
+    /// Every series matching the series selector `selector`, as `/api/v1/export` returns it,
+    /// one entry per series (sorted by labels) with its samples in timestamp order.
+    pub async fn export(&self, selector: &str) -> Vec<ExportedSeries> {
+        self.force_flush().await;
+        let url = format!("{}/api/v1/export", self.base_url());
+        // VictoriaMetrics 1.79 ends exports a little before "now" unless told otherwise;
+        // samples stamped "now" must be included.
+        let request = http_client().post(&url).form(&[
+            ("match[]", selector),
+            ("reduce_mem_usage", "1"),
+            ("end", &(now_millis() / 1000 + 3600).to_string()),
+        ]);
+        let body = ok_body(request, &format!("export {selector}")).await;
+        // With reduce_mem_usage a series stored in several parts (e.g. across a restart)
+        // comes as several lines: merge them, keeping every sample (duplicates included).
+        let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let part: ExportedSeries =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("export line {line}: {e}"));
+            merged
+                .entry(part.metric)
+                .or_default()
+                .extend(part.timestamps.into_iter().zip(part.values));
+        }
+        merged
+            .into_iter()
+            .map(|(metric, mut samples)| {
+                samples.sort_by_key(|(t, _)| *t);
+                ExportedSeries {
+                    metric,
+                    timestamps: samples.iter().map(|(t, _)| *t).collect(),
+                    values: samples.into_iter().map(|(_, v)| v).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Polls [`VictoriaMetrics::export`] until `done` holds for its answer or `timeout` passes;
+    /// returns the last answer either way.
+    pub async fn export_until(
+        &self,
+        selector: &str,
+        timeout: Duration,
+        done: impl Fn(&[ExportedSeries]) -> bool,
+    ) -> Vec<ExportedSeries> {
+        poll_until(
+            timeout,
+            Duration::from_millis(100),
+            || self.export(selector),
+            |series| done(series),
+        )
+        .await
+    }
+
+    /// The log tail, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}

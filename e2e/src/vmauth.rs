@@ -1,0 +1,51 @@
+//! vmauth, VictoriaMetrics' authenticating proxy, for the remote-write tests that push through
+//! one.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{Process, free_port, require_binary};
+
+/// `vmauth` on a free loopback port with the given auth config.
+#[derive(Debug)]
+pub struct Vmauth {
+    _process: Process,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Vmauth {
+    /// Starts vmauth with `config` (YAML) and waits until it answers.
+    pub async fn start(config: &str) -> Vmauth {
+        let binary = require_binary("vmauth", "victoria-metrics");
+        let dir = tempfile::tempdir().expect("create a vmauth dir");
+        let config_path = dir.path().join("auth.yml");
+        std::fs::write(&config_path, config).expect("write the vmauth config");
+        let port = free_port();
+        let mut command = Command::new(binary);
+        command
+            .arg(format!("-auth.config={}", config_path.display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-loggerLevel=WARN");
+        let process = Process::spawn_ready(
+            "vmauth",
+            command,
+            dir.path().join("vmauth.log"),
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(30),
+        )
+        .await;
+        Vmauth {
+            _process: process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
