@@ -1,4 +1,4 @@
-//! Test fixtures: builders for Nodes and PieProbes.
+//! Test fixtures: builders for Nodes and PieProbes, and a `ProbeIndex` over plain maps.
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Taint};
 use kube::api::ObjectMeta;
@@ -204,5 +204,35 @@ impl ApiServerVerifier {
                 .unwrap(),
         );
         body
+    }
+}
+
+/// A [`ProbeIndex`] over plain maps, for tests.
+#[derive(Debug, Default, Clone)]
+pub struct StaticIndex {
+    /// (namespace, PieProbe) -> probeThreshold in ms.
+    pub thresholds: std::collections::HashMap<(String, String), i64>,
+    /// (namespace, PieProbe, node, StorageClass) of ineligible mount-probe nodes.
+    pub ineligible: std::collections::HashSet<(String, String, String, String)>,
+}
+
+impl crate::domain::outcome::observe::ProbeIndex for StaticIndex {
+    fn threshold_ms(&self, namespace: &str, name: &str) -> Option<i64> {
+        self.thresholds
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    fn node_eligible(&self, namespace: &str, name: &str, node: &str, storage_class: &str) -> bool {
+        !self.ineligible.contains(&(
+            namespace.to_owned(),
+            name.to_owned(),
+            node.to_owned(),
+            storage_class.to_owned(),
+        ))
+    }
+
+    fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.thresholds.keys().map(|(ns, _)| ns.clone()).collect()
     }
 }

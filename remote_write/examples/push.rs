@@ -50,9 +50,7 @@ async fn main() -> anyhow::Result<()> {
         ..ClientConfig::default()
     })?;
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = remote_write::now_ms();
     let series = [
         Series::new(
             "pie_io_write_latency_on_mount_probe_seconds",

@@ -12,6 +12,7 @@ use crate::buffer::{Appended, Position, SharedBuffer};
 use crate::config::{BatchConfig, RetryConfig};
 use crate::encode::RequestEncoder;
 use crate::queue::{Batch, Queue};
+use crate::series::now_ms;
 use crate::stats::{DropReason, EndpointStats};
 use crate::transport::{Outcome, Transport};
 
@@ -429,13 +430,6 @@ impl Endpoint {
 fn full_jitter(ceiling: Duration) -> Duration {
     let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
     Duration::from_nanos(fastrand::u64(0..=nanos))
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub use encode::{
 pub use series::{
     ExternalLabels, MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS, METRIC_NAME_LABEL,
     STALE_NAN_BITS, Sample, Series, SeriesError, is_stale_nan, is_valid_label_name,
-    is_valid_metric_name, stale_nan,
+    is_valid_metric_name, now_ms, stale_nan,
 };
 pub use stats::{
     BufferStats, DropReason, DurationHistogram, EndpointStatsSnapshot, SEND_DURATION_BUCKETS,

@@ -42,6 +42,14 @@ pub fn is_stale_nan(value: f64) -> bool {
     value.to_bits() == STALE_NAN_BITS
 }
 
+/// Now in milliseconds since the Unix epoch, the unit of [`Sample::timestamp_ms`] (0 if the
+/// clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// One sample: a value at a point in time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {

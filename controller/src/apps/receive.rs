@@ -13,8 +13,9 @@ use crate::http::auth::{Authenticator, NoAuth, SharedToken, TokenFileError};
 use crate::http::listen::{self, ListenError};
 use crate::http::results::{self, AnyTarget, Receiver};
 use crate::metrics::catalogue;
-use crate::metrics::push::{PushArgs, Pusher, now_ms};
+use crate::metrics::push::{PushArgs, Pusher};
 use crate::metrics::store::Store;
+use remote_write::now_ms;
 
 /// Flags of `pie-controller receive`.
 #[derive(Debug, Clone, clap::Args)]

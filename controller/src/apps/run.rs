@@ -19,9 +19,9 @@ use crate::http::health::{self, Health};
 use crate::http::listen::{self, ListenError};
 use crate::http::results::{self, Receiver, Targets};
 use crate::k8s::controllers::{self, Handles, RunOptions};
-use crate::metrics::push::now_ms;
 use crate::metrics::push::{PushArgs, Pusher};
 use crate::metrics::store::Store;
+use remote_write::now_ms;
 
 /// Flags of `pie-controller run`.
 #[derive(Debug, clap::Args)]

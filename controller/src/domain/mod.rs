@@ -4,5 +4,6 @@
 pub mod nodes;
 pub mod outcome;
 pub mod plan;
+pub mod relist;
 pub mod series;
 pub mod status;

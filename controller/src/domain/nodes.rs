@@ -1,4 +1,4 @@
-//! What the reconciler watches, and how changes map to PieProbes (pure helpers).
+//! Nodes as planning sees them, and which PieProbes a Node or StorageClass change concerns.
 //!
 //! Nodes are large (image lists, managedFields, addresses, capacity): [`strip_node`] keeps only
 //! what planning reads before a Node enters the cache, and [`NodeChanges`] passes on a node only
@@ -6,7 +6,6 @@
 //! heartbeats do not trigger reconciles.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -16,8 +15,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::crd::PieProbe;
+use crate::domain::plan::EligibilityMap;
 use crate::domain::plan::{eligibility, node_selector};
-use crate::k8s::reconcile::EligibilityMap;
+use crate::domain::relist::Relist;
 
 /// Drops everything planning does not read: managedFields, annotations, owner references, the
 /// whole status except the Ready condition's status, and the spec except taints and
@@ -78,58 +78,44 @@ pub fn fingerprint(node: &Node) -> u64 {
 }
 
 /// Remembers each node's [`fingerprint`] and passes on only nodes that appeared, disappeared or
-/// changed in a way planning sees. A re-list (Init .. InitDone) reports nodes deleted meanwhile.
+/// changed in a way planning sees. A re-list reports nodes deleted meanwhile.
 #[derive(Debug, Default)]
 pub struct NodeChanges {
-    seen: HashMap<String, u64>,
-    relisted: Option<HashSet<String>>,
+    seen: Relist<String, u64>,
 }
 
 impl NodeChanges {
-    /// The nodes in `event` that matter, including deleted ones (their last known state).
+    /// The nodes in `event` that matter, including deleted ones (their last known state; a
+    /// node gone during a re-list as a Node with only its name).
     pub fn observe(&mut self, event: &watcher::Event<Node>) -> Vec<Node> {
         match event {
             watcher::Event::Init => {
-                self.relisted = Some(HashSet::new());
+                self.seen.init();
                 Vec::new()
             }
-            watcher::Event::InitApply(node) => {
-                if let Some(set) = &mut self.relisted {
-                    set.insert(node.name_any());
-                }
-                self.changed(node).into_iter().collect()
-            }
-            watcher::Event::Apply(node) => self.changed(node).into_iter().collect(),
-            watcher::Event::Delete(node) => {
-                self.seen.remove(&node.name_any());
-                vec![node.clone()]
-            }
-            watcher::Event::InitDone => {
-                let Some(current) = self.relisted.take() else {
-                    return Vec::new();
-                };
-                let gone: Vec<String> = self
-                    .seen
-                    .keys()
-                    .filter(|n| !current.contains(*n))
-                    .cloned()
-                    .collect();
-                gone.into_iter()
-                    .map(|name| {
-                        self.seen.remove(&name);
-                        let mut node = Node::default();
-                        node.metadata.name = Some(name);
-                        node
-                    })
+            watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
+                let fp = fingerprint(node);
+                let previous = self.seen.apply(node.name_any(), fp);
+                (previous != Some(fp))
+                    .then(|| node.clone())
+                    .into_iter()
                     .collect()
             }
+            watcher::Event::Delete(node) => {
+                self.seen.delete(&node.name_any());
+                vec![node.clone()]
+            }
+            watcher::Event::InitDone => self
+                .seen
+                .init_done()
+                .into_iter()
+                .map(|name| {
+                    let mut node = Node::default();
+                    node.metadata.name = Some(name);
+                    node
+                })
+                .collect(),
         }
-    }
-
-    fn changed(&mut self, node: &Node) -> Option<Node> {
-        let fp = fingerprint(node);
-        let previous = self.seen.insert(node.name_any(), fp);
-        (previous != Some(fp)).then(|| node.clone())
     }
 }
 

@@ -8,7 +8,6 @@
 //! leader (the agent retries). Errors are
 //! `{"error": "..."}`.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,7 +25,8 @@ use serde_json::json;
 use crate::http::auth::{AuthError, Authenticator, bearer};
 use crate::metrics::catalogue;
 use crate::metrics::catalogue::{Op, Probe, Update};
-use crate::metrics::push::{Pusher, now_ms};
+use crate::metrics::push::Pusher;
+use remote_write::now_ms;
 
 /// Largest accepted body, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -50,16 +50,6 @@ pub struct AnyTarget;
 impl Targets for AnyTarget {
     fn contains(&self, _: &ProbeKey) -> bool {
         true
-    }
-}
-
-/// A fixed set of probes.
-#[derive(Debug, Clone, Default)]
-pub struct FixedTargets(pub BTreeSet<ProbeKey>);
-
-impl Targets for FixedTargets {
-    fn contains(&self, triple: &ProbeKey) -> bool {
-        self.0.contains(triple)
     }
 }
 

@@ -4,6 +4,7 @@
 //! stripped Node cache and a StorageClass metadata cache. Node and StorageClass changes reach
 //! the controllers over a broadcast channel and are mapped to the PieProbes they concern.
 
+use pie_api::labels;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt, stream};
@@ -21,14 +22,16 @@ use tracing::{info, warn};
 use crate::crd::PieProbe;
 use crate::domain::nodes;
 use crate::domain::outcome::observe::{ProbeIndex, parse_threshold_ms};
-use crate::domain::plan::{self, NodeEligibility, objects};
+use crate::domain::plan::{self, EligibilityMap, NodeEligibility};
 use crate::error::{Error, Result};
 use crate::http::health::Health;
 use crate::k8s::leader;
-use crate::k8s::reconcile::{self, Context, EligibilityMap, Stores};
+use crate::k8s::reconcile::{self, Context, Stores};
 use crate::k8s::tracker;
+use crate::k8s::watch::{logged, managed_selector, scoped};
 use crate::metrics::catalogue;
-use crate::metrics::push::{Pusher, now_ms};
+use crate::metrics::push::Pusher;
+use remote_write::now_ms;
 
 /// How `run` scopes and coordinates itself.
 #[derive(Clone, Debug)]
@@ -106,17 +109,6 @@ enum Trigger {
     All,
 }
 
-/// An `Api` over one namespace, or over all namespaces for `None`.
-pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs until a shutdown signal (Ok) or the loss of leadership (Err: the process should exit
 /// and restart as a follower).
 pub async fn run(
@@ -176,7 +168,7 @@ pub async fn run(
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: objects::MANAGER.into(),
+            controller: labels::MANAGER.into(),
             instance: Some(options.identity.clone()),
         },
     );
@@ -357,7 +349,7 @@ where
     watcher(
         api,
         watcher::Config::default()
-            .labels(&tracker::managed_selector())
+            .labels(&managed_selector())
             .any_semantic(),
     )
     .default_backoff()
@@ -373,7 +365,7 @@ fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
     meta.generation.hash(&mut h);
     meta.annotations
         .as_ref()
-        .and_then(|a| a.get(objects::ANNOTATION_DESIRED_HASH))
+        .and_then(|a| a.get(labels::ANNOTATION_DESIRED_HASH))
         .hash(&mut h);
     meta.deletion_timestamp
         .as_ref()
@@ -391,18 +383,15 @@ async fn watch_nodes(api: Api<Node>, mut writer: Writer<Node>, tx: broadcast::Se
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(nodes::strip_node);
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                writer.apply_watcher_event(&event);
-                for node in changes.observe(&event) {
-                    let _ = tx.send(Trigger::Node(Arc::new(node)));
-                }
+    logged(events, "nodes")
+        .for_each(|event| {
+            writer.apply_watcher_event(&event);
+            for node in changes.observe(&event) {
+                let _ = tx.send(Trigger::Node(Arc::new(node)));
             }
-            Err(e) => warn!(error = %e, "node watch"),
-        }
-    }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 async fn watch_storage_classes(
@@ -411,21 +400,18 @@ async fn watch_storage_classes(
     tx: broadcast::Sender<Trigger>,
 ) {
     let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                writer.apply_watcher_event(&event);
-                if let watcher::Event::Apply(sc)
-                | watcher::Event::Delete(sc)
-                | watcher::Event::InitApply(sc) = &event
-                {
-                    let _ = tx.send(Trigger::StorageClass(sc.name_any()));
-                }
+    logged(events, "storage classes")
+        .for_each(|event| {
+            writer.apply_watcher_event(&event);
+            if let watcher::Event::Apply(sc)
+            | watcher::Event::Delete(sc)
+            | watcher::Event::InitApply(sc) = &event
+            {
+                let _ = tx.send(Trigger::StorageClass(sc.name_any()));
             }
-            Err(e) => warn!(error = %e, "storage class watch"),
-        }
-    }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 fn triggers(

@@ -5,7 +5,8 @@
 //! deletions with UID + resourceVersion preconditions. Deleting a PieProbe leaves cleanup to the
 //! ownerReferences (garbage collector).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use pie_api::labels;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::crd::{PieProbe, PieProbeStatus};
-use crate::domain::plan::{self, Existing, NodeEligibility, Plan, objects};
+use crate::domain::plan::{self, EligibilityMap, Existing, Plan};
 use crate::domain::status;
 use crate::error::{Error, Result};
 
@@ -42,10 +43,6 @@ pub struct Stores {
     /// PVCs managed by pie-controller, metadata only.
     pub pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
 }
-
-/// Per-PieProbe node eligibility, keyed by (namespace, name): plain data for the
-/// `pie_node_eligible` gauge.
-pub type EligibilityMap = BTreeMap<(String, String), Vec<NodeEligibility>>;
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -160,7 +157,7 @@ pub fn backoff(failures: u32) -> Duration {
 fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
     meta.annotations
         .as_ref()?
-        .get(objects::ANNOTATION_DESIRED_HASH)
+        .get(labels::ANNOTATION_DESIRED_HASH)
         .map(String::as_str)
 }
 
@@ -207,7 +204,7 @@ where
     debug!(kind = %K::kind(&()), name = %desired.name, "applying");
     api.patch(
         &desired.name,
-        &PatchParams::apply(objects::MANAGER).force(),
+        &PatchParams::apply(labels::MANAGER).force(),
         &Patch::Apply(&desired.build()),
     )
     .await?;
@@ -311,7 +308,7 @@ async fn write_status(
     });
     api.patch_status(
         &probe.name_any(),
-        &PatchParams::apply(objects::MANAGER).force(),
+        &PatchParams::apply(labels::MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;

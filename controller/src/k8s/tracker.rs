@@ -28,11 +28,9 @@ use tracing::{debug, warn};
 use super::actions;
 use crate::domain::outcome::machine::{Action, Machine, Observation};
 use crate::domain::outcome::observe::{self, Known, ProbeIndex};
-use crate::domain::plan::objects::{
-    COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER,
-};
-use crate::k8s::controllers::scoped;
-use crate::metrics::push::{Pusher, now_ms};
+use crate::k8s::watch::{logged, managed_selector, provision_pvc_selector, scoped};
+use crate::metrics::push::Pusher;
+use remote_write::now_ms;
 
 /// How often thresholds are checked and Event namespaces re-evaluated.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -73,16 +71,6 @@ impl Tracker {
     }
 }
 
-/// Label selector of everything pie-controller manages (probe Pods, CronJobs, PVCs).
-pub fn managed_selector() -> String {
-    format!("{LABEL_MANAGED_BY}={MANAGER}")
-}
-
-/// Label selector of the provision probes' ephemeral PVCs.
-pub fn pvc_selector() -> String {
-    format!("{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={COMPONENT_PROVISION}")
-}
-
 /// The watch configuration of Events about objects of `kind` (field selector; Events cannot
 /// be selected by label).
 pub fn event_config(kind: &str) -> watcher::Config {
@@ -98,17 +86,12 @@ async fn forward<K>(
     tx: mpsc::Sender<Observation>,
     what: &'static str,
 ) {
-    let mut events = std::pin::pin!(events);
+    let mut events = std::pin::pin!(logged(events, what));
     while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                for obs in convert(&event) {
-                    if tx.send(obs).await.is_err() {
-                        return;
-                    }
-                }
+        for obs in convert(&event) {
+            if tx.send(obs).await.is_err() {
+                return;
             }
-            Err(e) => warn!(error = %e, watch = what, "watch error; retrying"),
         }
     }
 }
@@ -192,7 +175,7 @@ pub async fn run<I>(
         let pvcs = watcher(
             scoped::<PersistentVolumeClaim>(&client, ns),
             watcher::Config::default()
-                .labels(&pvc_selector())
+                .labels(&provision_pvc_selector())
                 .any_semantic(),
         )
         .default_backoff();

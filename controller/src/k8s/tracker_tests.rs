@@ -5,8 +5,8 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::outcome::machine::{PodObs, ProbeKind};
-use crate::domain::outcome::observe::StaticIndex;
 use crate::fixtures::ApiServerVerifier;
+use crate::fixtures::StaticIndex;
 use crate::metrics::catalogue;
 use crate::metrics::store::{Store, Value};
 

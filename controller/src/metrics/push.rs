@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pie_api::units::parse_duration;
 use remote_write::{
-    Auth, BatchConfig, Client, ClientConfig, ConfigError, EndpointConfig, Fsync, Series,
+    Auth, BatchConfig, Client, ClientConfig, ConfigError, EndpointConfig, Fsync, Series, now_ms,
 };
 use tracing::{info, warn};
 
@@ -255,13 +255,6 @@ impl PushArgs {
             ..ClientConfig::default()
         })
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The store and the remote-write client together: what the receiver and the outcome tracker

@@ -6,15 +6,16 @@
 //! disconnect) reports the objects deleted meanwhile as gone: [`Known`] remembers what each
 //! watch has seen.
 
-use std::collections::HashSet;
 use std::hash::Hash;
 
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 
+use crate::domain::relist::Relist;
+
 use super::machine::{EventObs, Observation, PodObs, ProbeKind, PvcObs};
-use crate::domain::plan::objects::{
+use pie_api::labels::{
     COMPONENT_MOUNT, COMPONENT_PROVISION, CONTAINER_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY,
     LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER,
 };
@@ -198,68 +199,8 @@ pub fn pvc(pvc: &PersistentVolumeClaim, index: &impl ProbeIndex) -> Option<PvcOb
     })
 }
 
-/// The keys one watch has seen, so that a re-list reports what was deleted meanwhile.
-#[derive(Debug)]
-pub struct Known<K> {
-    keys: HashSet<K>,
-    relisted: Option<HashSet<K>>,
-}
-
-impl<K> Default for Known<K> {
-    fn default() -> Self {
-        Known {
-            keys: HashSet::new(),
-            relisted: None,
-        }
-    }
-}
-
-impl<K: Hash + Eq + Clone> Known<K> {
-    /// A (re-)list starts.
-    pub fn init(&mut self) {
-        self.relisted = Some(HashSet::new());
-    }
-
-    /// `key` exists.
-    pub fn apply(&mut self, key: K) {
-        if let Some(set) = &mut self.relisted {
-            set.insert(key.clone());
-        }
-        self.keys.insert(key);
-    }
-
-    /// `key` was deleted; whether it was known.
-    pub fn delete(&mut self, key: &K) -> bool {
-        self.keys.remove(key)
-    }
-
-    /// The list is complete: the keys it did not contain are gone.
-    pub fn init_done(&mut self) -> Vec<K> {
-        let Some(current) = self.relisted.take() else {
-            return Vec::new();
-        };
-        let gone: Vec<K> = self
-            .keys
-            .iter()
-            .filter(|k| !current.contains(*k))
-            .cloned()
-            .collect();
-        for k in &gone {
-            self.keys.remove(k);
-        }
-        gone
-    }
-
-    /// Keys known.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Nothing known.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
+/// The keys of probe objects one watch has seen (see [`Relist`]).
+pub type Known<K> = Relist<K>;
 
 /// Applies one watch event of `K` to `known`: objects that exist become `seen(obj)`, deleted
 /// ones (also those missing from a re-list) `gone(key)`.
@@ -277,12 +218,12 @@ fn observe<K, Key: Hash + Eq + Clone>(
         }
         watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
             if let Some(k) = key(obj) {
-                known.apply(k);
+                known.apply(k, ());
             }
             seen(obj).into_iter().collect()
         }
         watcher::Event::Delete(obj) => match key(obj) {
-            Some(k) if known.delete(&k) => vec![gone(k)],
+            Some(k) if known.delete(&k).is_some() => vec![gone(k)],
             _ => Vec::new(),
         },
         watcher::Event::InitDone => known.init_done().into_iter().map(gone).collect(),
@@ -341,38 +282,6 @@ pub fn event_events(event: &watcher::Event<Event>) -> Vec<Observation> {
             self::event(e).map(Observation::Event).into_iter().collect()
         }
         _ => Vec::new(),
-    }
-}
-
-/// A [`ProbeIndex`] over plain maps, for tests.
-#[cfg(test)]
-#[derive(Debug, Default, Clone)]
-pub struct StaticIndex {
-    /// (namespace, PieProbe) -> probeThreshold in ms.
-    pub thresholds: std::collections::HashMap<(String, String), i64>,
-    /// (namespace, PieProbe, node, StorageClass) of ineligible mount-probe nodes.
-    pub ineligible: HashSet<(String, String, String, String)>,
-}
-
-#[cfg(test)]
-impl ProbeIndex for StaticIndex {
-    fn threshold_ms(&self, namespace: &str, name: &str) -> Option<i64> {
-        self.thresholds
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .copied()
-    }
-
-    fn node_eligible(&self, namespace: &str, name: &str, node: &str, storage_class: &str) -> bool {
-        !self.ineligible.contains(&(
-            namespace.to_owned(),
-            name.to_owned(),
-            node.to_owned(),
-            storage_class.to_owned(),
-        ))
-    }
-
-    fn namespaces(&self) -> std::collections::BTreeSet<String> {
-        self.thresholds.keys().map(|(ns, _)| ns.clone()).collect()
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::fixtures::StaticIndex;
 use serde_json::json;
 
 const T0: &str = "2026-01-01T00:00:00Z";

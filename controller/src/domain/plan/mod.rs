@@ -7,6 +7,7 @@ pub mod eligibility;
 pub mod node_selector;
 pub mod objects;
 
+use pie_api::labels;
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -53,6 +54,10 @@ impl Blocked {
         }
     }
 }
+
+/// Per-PieProbe node eligibility, keyed by (namespace, name): the last plan of every PieProbe,
+/// kept by the reconciler, read by the results API and the periodic sync.
+pub type EligibilityMap = std::collections::BTreeMap<(String, String), Vec<NodeEligibility>>;
 
 /// A selected node and whether it can run a mount probe now. Plain data, also exported as the
 /// `pie_node_eligible{pie_probe_name,node,storage_class}` gauge.
@@ -105,7 +110,7 @@ pub struct Plan {
 pub struct Desired<'a, K> {
     /// Object name.
     pub name: String,
-    /// The [`objects::ANNOTATION_DESIRED_HASH`] value: a hash of the inputs the object is built
+    /// The [`labels::ANNOTATION_DESIRED_HASH`] value: a hash of the inputs the object is built
     /// from (the PieProbe's identity and spec, the controller config, the node and its suspend
     /// flag, and the object-building code itself).
     pub hash: String,
@@ -130,7 +135,7 @@ impl<K: Resource> Desired<'_, K> {
             .annotations
             .get_or_insert_default()
             .insert(
-                objects::ANNOTATION_DESIRED_HASH.to_owned(),
+                labels::ANNOTATION_DESIRED_HASH.to_owned(),
                 self.hash.clone(),
             );
         object

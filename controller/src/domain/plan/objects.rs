@@ -22,15 +22,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
 use kube::api::ObjectMeta;
 
+use pie_api::labels::{
+    COMPONENT_MOUNT, COMPONENT_PROVISION, CONTAINER_NAME, LABEL_COMPONENT, LABEL_MANAGED_BY,
+    LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER, TOKEN_AUDIENCE,
+};
 use pie_api::names;
 
 use super::{Config, node_selector};
 use crate::crd::PieProbe;
-
-pub use pie_api::labels::{
-    ANNOTATION_DESIRED_HASH, COMPONENT_MOUNT, COMPONENT_PROVISION, CONTAINER_NAME, LABEL_COMPONENT,
-    LABEL_MANAGED_BY, LABEL_NODE, LABEL_PIE_PROBE, LABEL_STORAGE_CLASS, MANAGER, TOKEN_AUDIENCE,
-};
 
 /// Where the probe volume is mounted (pie's).
 pub const MOUNT_PATH: &str = "/mounted";

@@ -3,6 +3,7 @@
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use pie_api::labels;
 
 use super::*;
 use crate::fixtures::{NodeBuilder, PieProbeBuilder, config};
@@ -561,7 +562,7 @@ fn desired_hashes_change_with_what_shapes_the_object_only() {
     let d = p.desired_cron_jobs().nth(1).unwrap();
     let built = d.build();
     assert_eq!(
-        built.metadata.annotations.as_ref().unwrap()[objects::ANNOTATION_DESIRED_HASH],
+        built.metadata.annotations.as_ref().unwrap()[labels::ANNOTATION_DESIRED_HASH],
         d.hash
     );
     assert_eq!(built.metadata.name.as_deref(), Some(d.name.as_str()));

@@ -3,6 +3,7 @@
 //! be a mount-probe Pod of pie-controller, and its triple (PieProbe, node it runs on,
 //! StorageClass) is the only one it may report for. Answers are cached briefly per token.
 
+use pie_api::labels;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,7 +17,6 @@ use sha1::{Digest, Sha1};
 use pie_api::ProbeKey;
 
 use super::{AuthError, Authenticator, Identity};
-use crate::domain::plan::objects;
 
 /// `user.extra` key with the name of the Pod a token is bound to.
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -46,11 +46,11 @@ impl std::fmt::Debug for TokenReviewAuth {
 }
 
 impl TokenReviewAuth {
-    /// Checks tokens for audience [`objects::TOKEN_AUDIENCE`] with `client`.
+    /// Checks tokens for audience [`labels::TOKEN_AUDIENCE`] with `client`.
     pub fn new(client: kube::Client) -> TokenReviewAuth {
         TokenReviewAuth {
             client,
-            audience: objects::TOKEN_AUDIENCE.to_owned(),
+            audience: labels::TOKEN_AUDIENCE.to_owned(),
             ttl: CACHE_TTL,
             cache: Mutex::default(),
         }
@@ -126,19 +126,19 @@ impl TokenReviewAuth {
 pub fn probe_key(pod: &Pod) -> Option<ProbeKey> {
     let labels = pod.metadata.labels.as_ref()?;
     let label = |k: &str| labels.get(k).map(String::as_str);
-    if label(objects::LABEL_MANAGED_BY) != Some(objects::MANAGER)
-        || label(objects::LABEL_COMPONENT) != Some(objects::COMPONENT_MOUNT)
+    if label(labels::LABEL_MANAGED_BY) != Some(labels::MANAGER)
+        || label(labels::LABEL_COMPONENT) != Some(labels::COMPONENT_MOUNT)
     {
         return None;
     }
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
-    if label(objects::LABEL_NODE) != Some(node) {
+    if label(labels::LABEL_NODE) != Some(node) {
         return None;
     }
     Some(ProbeKey {
-        pie_probe_name: label(objects::LABEL_PIE_PROBE)?.to_owned(),
+        pie_probe_name: label(labels::LABEL_PIE_PROBE)?.to_owned(),
         node: node.to_owned(),
-        storage_class: label(objects::LABEL_STORAGE_CLASS)?.to_owned(),
+        storage_class: label(labels::LABEL_STORAGE_CLASS)?.to_owned(),
     })
 }
 

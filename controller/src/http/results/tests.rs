@@ -9,6 +9,16 @@ use crate::http::auth::{Identity, SharedToken};
 use crate::metrics::catalogue;
 use crate::metrics::store::{Store, Value};
 
+/// A fixed set of probes.
+#[derive(Debug, Clone, Default)]
+struct FixedTargets(std::collections::BTreeSet<ProbeKey>);
+
+impl Targets for FixedTargets {
+    fn contains(&self, triple: &ProbeKey) -> bool {
+        self.0.contains(triple)
+    }
+}
+
 /// Tokens mapped to identities; `"down"` means the TokenReview API is unreachable.
 #[derive(Debug)]
 struct Tokens(HashMap<&'static str, Identity>);
