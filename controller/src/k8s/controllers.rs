@@ -28,7 +28,7 @@ use crate::http::health::Health;
 use crate::k8s::leader;
 use crate::k8s::reconcile::{self, Context, Stores};
 use crate::k8s::tracker;
-use crate::k8s::watch::{logged, managed_selector, scoped};
+use crate::k8s::watch::{by_label, logged, managed_selector, scoped};
 use crate::metrics::catalogue;
 use crate::metrics::push::Pusher;
 use remote_write::now_ms;
@@ -346,16 +346,10 @@ where
         + Sync
         + 'static,
 {
-    watcher(
-        api,
-        watcher::Config::default()
-            .labels(&managed_selector())
-            .any_semantic(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects()
-    .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())
+    by_label(api, &managed_selector())
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())
 }
 
 fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {

@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::actions;
 use crate::domain::outcome::machine::{Action, Machine, Observation};
 use crate::domain::outcome::observe::{self, Known, ProbeIndex};
-use crate::k8s::watch::{logged, managed_selector, provision_pvc_selector, scoped};
+use crate::k8s::watch::{by_label, logged, managed_selector, provision_pvc_selector, scoped};
 use crate::metrics::push::Pusher;
 use remote_write::now_ms;
 
@@ -157,13 +157,7 @@ pub async fn run<I>(
     let mut tasks = Vec::new();
     for scope in &scopes {
         let ns = scope.as_deref();
-        let pods = watcher(
-            scoped::<Pod>(&client, ns),
-            watcher::Config::default()
-                .labels(&managed_selector())
-                .any_semantic(),
-        )
-        .default_backoff();
+        let pods = by_label(scoped::<Pod>(&client, ns), &managed_selector());
         let idx = index.clone();
         let mut known = Known::default();
         tasks.push(Task(tokio::spawn(forward(
@@ -172,13 +166,10 @@ pub async fn run<I>(
             tx.clone(),
             "probe pods",
         ))));
-        let pvcs = watcher(
+        let pvcs = by_label(
             scoped::<PersistentVolumeClaim>(&client, ns),
-            watcher::Config::default()
-                .labels(&provision_pvc_selector())
-                .any_semantic(),
-        )
-        .default_backoff();
+            &provision_pvc_selector(),
+        );
         let idx = index.clone();
         let mut known = Known::default();
         tasks.push(Task(tokio::spawn(forward(

@@ -5,7 +5,7 @@
 
 use futures::{Stream, StreamExt, future};
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use pie_api::labels::{COMPONENT_PROVISION, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER};
 use tracing::warn;
@@ -29,6 +29,21 @@ pub fn managed_selector() -> String {
 /// Label selector of the provision probes' ephemeral PVCs.
 pub fn provision_pvc_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={COMPONENT_PROVISION}")
+}
+
+/// A watch of the objects of `api` with the labels `selector`, retried with backoff.
+pub fn by_label<K>(
+    api: Api<K>,
+    selector: &str,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(
+        api,
+        watcher::Config::default().labels(selector).any_semantic(),
+    )
+    .default_backoff()
 }
 
 /// The events of a (backoff-retried) watch, its errors logged as `what` and dropped.

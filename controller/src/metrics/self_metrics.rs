@@ -11,54 +11,37 @@ use super::catalogue::{Op, Update};
 pub fn remote_write_updates(stats: &[EndpointStatsSnapshot], now_ms: i64) -> Vec<Update> {
     let mut out = Vec::new();
     for s in stats {
-        let url = s.url.clone();
-        let u = |family, labels: Vec<String>, op| Update::new(family, labels, op, now_ms);
-        out.push(u(
-            &RW_SAMPLES_TOTAL,
-            vec![url.clone()],
-            Op::Set(s.samples_sent as f64),
-        ));
-        for (reason, n) in &s.dropped {
-            out.push(u(
-                &RW_DROPPED_TOTAL,
-                vec![url.clone(), reason.as_str().to_owned()],
-                Op::Set(*n as f64),
-            ));
-        }
-        out.push(u(
-            &RW_RETRIED_TOTAL,
-            vec![url.clone()],
-            Op::Set(s.samples_retried as f64),
-        ));
-        for (code, n) in &s.requests {
-            out.push(u(
-                &RW_REQUESTS_TOTAL,
-                vec![url.clone(), code.to_string()],
-                Op::Set(*n as f64),
-            ));
-        }
+        let url = s.url.as_str();
+        let set = |family, labels: &[&str], value: f64| {
+            Update::new(family, labels.iter().copied(), Op::Set(value), now_ms)
+        };
+        out.push(set(&RW_SAMPLES_TOTAL, &[url], s.samples_sent as f64));
+        out.extend(
+            s.dropped
+                .iter()
+                .map(|(reason, n)| set(&RW_DROPPED_TOTAL, &[url, reason.as_str()], *n as f64)),
+        );
+        out.push(set(&RW_RETRIED_TOTAL, &[url], s.samples_retried as f64));
+        out.extend(
+            s.requests
+                .iter()
+                .map(|(code, n)| set(&RW_REQUESTS_TOTAL, &[url, &code.to_string()], *n as f64)),
+        );
         for (encoding, n) in [
             ("snappy", s.bytes_sent_compressed),
             ("raw", s.bytes_sent_raw),
         ] {
-            out.push(u(
-                &RW_SENT_BYTES_TOTAL,
-                vec![url.clone(), encoding.to_owned()],
-                Op::Set(n as f64),
-            ));
+            out.push(set(&RW_SENT_BYTES_TOTAL, &[url, encoding], n as f64));
         }
-        out.push(u(
-            &RW_PENDING,
-            vec![url.clone()],
-            Op::Set(s.pending_samples as f64),
-        ));
+        out.push(set(&RW_PENDING, &[url], s.pending_samples as f64));
         if let Some(t) = s.last_success_timestamp_seconds {
-            out.push(u(&RW_LAST_SUCCESS, vec![url.clone()], Op::Set(t)));
+            out.push(set(&RW_LAST_SUCCESS, &[url], t));
         }
-        out.push(u(
+        out.push(Update::new(
             &RW_SEND_DURATION,
-            vec![url],
+            [url],
             Op::SetHistogram(s.send_duration.clone()),
+            now_ms,
         ));
     }
     out
