@@ -6,15 +6,15 @@
 //!   outcome machine and its observations, PieProbe status.
 //! - [`metrics`]: the metric catalogue, the store, `/metrics`, and the push to remote write.
 //! - [`http`]: the results API, its authentication, health endpoints, binding listeners.
-//! - [`k8s`]: Kubernetes I/O: watches, the reconciler, outcome actions, leader election.
+//! - `k8s`: Kubernetes I/O: watches, the reconciler, outcome actions, leader election.
 //! - [`apps`]: the subcommands `run`, `receive` and `plan` as thin composition roots.
 
 pub mod apps;
 pub mod crd;
 pub mod domain;
-pub mod error;
+mod error;
 pub mod http;
-pub mod k8s;
+pub(crate) mod k8s;
 pub mod metrics;
 pub mod signal;
 

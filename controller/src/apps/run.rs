@@ -1,5 +1,5 @@
-//! `pie-controller run`: the composition root of run mode. One [`Handles`] (the reconciler's
-//! plan and PieProbe caches), one [`Health`] and one [`Pusher`] are made here and handed to
+//! `pie-controller run`: the composition root of run mode. One `Handles` (the reconciler's
+//! plan and PieProbe caches), one `Health` and one [`Pusher`] are made here and handed to
 //! the parts that share them: the results API (which accepts results only for managed mount
 //! probes, and only while ready), `/metrics`, the periodic sync-and-push, and the Kubernetes
 //! side (reconcilers, outcome tracker, leader election).

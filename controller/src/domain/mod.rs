@@ -4,6 +4,6 @@
 pub mod nodes;
 pub mod outcome;
 pub mod plan;
-pub mod relist;
-pub mod series;
-pub mod status;
+pub(crate) mod relist;
+pub(crate) mod series;
+pub(crate) mod status;

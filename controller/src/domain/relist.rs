@@ -61,12 +61,14 @@ impl<K: Hash + Eq + Clone, V> Relist<K, V> {
         gone
     }
 
-    /// Keys known.
+    /// Keys known (tests read it).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.known.len()
     }
 
-    /// Nothing known.
+    /// Nothing known (tests read it).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }

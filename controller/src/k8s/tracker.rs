@@ -65,7 +65,8 @@ impl Tracker {
         out.actions
     }
 
-    /// Probe Pods tracked.
+    /// Probe Pods tracked (tests read it).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.machine.tracked()
     }

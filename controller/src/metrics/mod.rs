@@ -4,7 +4,7 @@
 //! the whole store periodically. Nothing here knows Kubernetes or the plan.
 
 pub mod catalogue;
-pub mod exposition;
+pub(crate) mod exposition;
 pub mod push;
-pub mod self_metrics;
+pub(crate) mod self_metrics;
 pub mod store;
