@@ -217,29 +217,33 @@ async fn delete_stale(
     ns: &str,
     desired: &DesiredNames,
 ) -> Result<()> {
-    let in_ns = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(ns);
-    let cron_jobs: Vec<Existing> = ctx
-        .stores
-        .cron_jobs
+    let client = &ctx.client;
+    delete_stale_of(&ctx.stores.cron_jobs, client, probe, ns, &desired.cron_jobs).await?;
+    delete_stale_of(&ctx.stores.pvcs, client, probe, ns, &desired.pvcs).await
+}
+
+/// Deletes the objects of one kind in `ns` that `probe` owns but no longer wants.
+async fn delete_stale_of<K>(
+    store: &Store<K>,
+    client: &Client,
+    probe: &PieProbe,
+    ns: &str,
+    desired: &BTreeSet<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let existing: Vec<Existing> = store
         .state()
         .iter()
-        .filter(|o| in_ns(&o.metadata))
-        .map(|o| Existing::from_meta(&o.metadata))
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .map(|o| Existing::from_meta(o.meta()))
         .collect();
-    let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
-    for stale in plan::stale(probe, &desired.cron_jobs, &cron_jobs) {
-        delete(&api, stale).await?;
-    }
-    let pvcs: Vec<Existing> = ctx
-        .stores
-        .pvcs
-        .state()
-        .iter()
-        .filter(|o| in_ns(&o.metadata))
-        .map(|o| Existing::from_meta(&o.metadata))
-        .collect();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    for stale in plan::stale(probe, &desired.pvcs, &pvcs) {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    for stale in plan::stale(probe, desired, &existing) {
         delete(&api, stale).await?;
     }
     Ok(())
