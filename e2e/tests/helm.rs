@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use e2e::cluster::{LOCAL_STORAGE_CLASS, TestCluster, build_helm, eventually, test_cluster};
-use e2e::{VictoriaMetrics, free_port, repo_root};
+use e2e::{VictoriaMetrics, free_port, now_millis, repo_root};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -205,8 +205,16 @@ where
 }
 
 /// Waits until the chart's Deployment has its one replica Ready (readiness = the Lease's
-/// leader with synced caches) and VictoriaMetrics has its `pie_controller_leader == 1`.
-async fn controller_runs(cluster: &TestCluster, vm: &VictoriaMetrics, what: &str) {
+/// leader with synced caches) and VictoriaMetrics has a `pie_controller_leader == 1` sample
+/// newer than `since` (milliseconds) with the `cluster` label and `labels` (more matchers),
+/// pushed by that controller.
+async fn controller_runs(
+    cluster: &TestCluster,
+    vm: &VictoriaMetrics,
+    since: i64,
+    labels: &str,
+    what: &str,
+) {
     let deployments: Api<Deployment> = Api::namespaced(cluster.client().await, NAMESPACE);
     let ready = e2e::cluster::within(Duration::from_secs(120), || async {
         deployments
@@ -234,15 +242,21 @@ async fn controller_runs(cluster: &TestCluster, vm: &VictoriaMetrics, what: &str
             cluster.log_tail("kubelet", 30)
         );
     }
-    let selector = format!("pie_controller_leader{{cluster=\"{CLUSTER_LABEL}\"}}");
-    let series = vm
-        .export_until(&selector, Duration::from_secs(60), |s| {
-            s.iter().any(|s| s.values.last() == Some(&1.0))
+    let selector = format!("pie_controller_leader{{cluster=\"{CLUSTER_LABEL}\"{labels}}}");
+    let fresh = |series: &[e2e::ExportedSeries]| {
+        series.iter().any(|s| {
+            s.timestamps
+                .iter()
+                .zip(&s.values)
+                .any(|(t, v)| *t > since && *v == 1.0)
         })
+    };
+    let series = vm
+        .export_until(&selector, Duration::from_secs(60), fresh)
         .await;
     assert!(
-        series.iter().any(|s| s.values.last() == Some(&1.0)),
-        "{what}: VictoriaMetrics has no {selector} == 1 from the chart's controller: {series:?}"
+        fresh(&series),
+        "{what}: VictoriaMetrics has no {selector} == 1 newer than {since} from the chart's controller: {series:?}"
     );
 }
 
@@ -299,6 +313,7 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
     // 1. A fresh install: the CRD, RBAC, the Deployment; pie runs and pushes; a PieProbe gets
     // its CronJobs.
     let sets = loopback_values(&vm);
+    let since = now_millis();
     let install = helm.ok(&with_sets(
         &[
             "install",
@@ -320,7 +335,7 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
         "--timeout=60s",
         &format!("crd/{CRD}"),
     ]);
-    controller_runs(cluster, &vm, "after helm install").await;
+    controller_runs(cluster, &vm, since, "", "after helm install").await;
     cluster.apply(&probe("first"));
     let first = uid(&probes, "first").await.expect("PieProbe first");
     eventually(
@@ -383,6 +398,7 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
     // the CRD and the PieProbe survive, topolvm/pie's objects go, pie runs and reconciles.
     let topolvm_values = repo_root().join("charts/pie/ci/topolvm-pie-values.yaml");
     let sets = loopback_values(&vm);
+    let since = now_millis();
     let upgrade = helm.ok(&with_sets(
         &[
             "upgrade",
@@ -424,7 +440,14 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
         || async { deployments.get_opt(RELEASE).await.unwrap().is_none() },
     )
     .await;
-    controller_runs(cluster, &vm, "after helm upgrade from topolvm/pie").await;
+    controller_runs(
+        cluster,
+        &vm,
+        since,
+        "",
+        "after helm upgrade from topolvm/pie",
+    )
+    .await;
     let dep = deployments.get("pie-controller").await.unwrap();
     let pod = dep.spec.unwrap().template.spec.unwrap();
     assert_eq!(
@@ -448,7 +471,10 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
         "PieProbe first's CronJobs after the upgrade: the same, none duplicated"
     );
 
-    // 5. Another upgrade, with pie's own values: nothing duplicated, in the manifest or the cluster.
+    // 5. Another upgrade, with pie's own values: nothing duplicated, in the manifest or the
+    // cluster. New ports: the old Pod may still hold its ports while the new one starts.
+    let sets = loopback_values(&vm);
+    let since = now_millis();
     helm.ok(&with_sets(
         &[
             "upgrade",
@@ -488,7 +514,14 @@ async fn helm_install_uninstall_and_upgrade_from_a_topolvm_pie_release() {
     let mut accounts = released::<ServiceAccount>(cluster).await;
     accounts.sort();
     assert_eq!(accounts, vec!["pie-controller", "pie-probe"]);
-    controller_runs(cluster, &vm, "after the second helm upgrade").await;
+    controller_runs(
+        cluster,
+        &vm,
+        since,
+        ",env=\"test\"",
+        "after the second helm upgrade (its external label env=test)",
+    )
+    .await;
     let all: Vec<String> = cron_jobs
         .list(&ListParams::default())
         .await

@@ -108,7 +108,9 @@ def kustomize(kubectl, tmp, resources, components=(), files=()):
     appended as `kubectl apply -f` would apply them."""
     d = Path(tempfile.mkdtemp(dir=tmp))
     lines = ["apiVersion: kustomize.config.k8s.io/v1beta1", "kind: Kustomization",
-             "namespace: pie", "resources:"]
+             "namespace: pie",
+             # deploy/base labels its objects so; a component included here is not under it.
+             "labels:", "- pairs:", "    app.kubernetes.io/part-of: pie", "resources:"]
     rel = os.path.relpath(ROOT, d)  # kustomize takes relative paths only
     lines += [f"- {rel}/{r}" for r in resources]
     if components:
@@ -243,6 +245,28 @@ def check_topolvm_values(helm):
     print(f"check-chart: topolvm/pie's values: {len(want)} mappings hold; NOTES.txt lists the 5 ignored controller.* keys")
 
 
+def check_flags(helm, controller):
+    """Every flag the chart can give pie-controller exists in `pie-controller run --help`."""
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", run([controller, "run", "--help"]).stdout))
+    renders = [
+        REQUIRED + ["--set", "remoteWrite.extraUrls[0]=http://vm2:8428/api/v1/write",
+                    "--set", "externalLabels.env=prod", "--set", "remoteWrite.buffer.maxBytes=1Gi",
+                    "--set", "remoteWrite.auth.secretName=s", "--set", "remoteWrite.auth.bearerTokenKey=token",
+                    "--set", "remoteWrite.auth.caKey=ca.crt", "--set", "controller.namespaces[0]=pie",
+                    "--set", "controller.pushInterval=15s", "--set", "imagePullSecrets[0].name=regcred"],
+        REQUIRED + ["--set", "remoteWrite.auth.secretName=s", "--set", "remoteWrite.auth.username=u",
+                    "--set", "remoteWrite.auth.passwordKey=password"],
+    ]
+    used = set()
+    for args in renders:
+        (dep,) = [o for o in docs(template(helm, *args)) if o["kind"] == "Deployment"]
+        for arg in dep["spec"]["template"]["spec"]["containers"][0]["args"][1:]:
+            used.add(arg.split("=", 1)[0])
+    for flag in sorted(used - flags):
+        fail(f"the chart passes {flag}, which `pie-controller run --help` does not have")
+    print(f"check-chart: the {len(used)} flags the chart can pass all exist in pie-controller run --help")
+
+
 # Each bad input and what its error must say. `required`/`fail` messages are the chart's own,
 # the others are Helm's values.schema.json errors, which name the key.
 BAD = [
@@ -313,6 +337,7 @@ def checks(helm, controller, kubectl):
             fail("the rendered chart does not validate (above)")
         check_drift(helm, kubectl, tmp)
     check_crd_policy(helm)
+    check_flags(helm, controller)
     check_topolvm_values(helm)
     check_bad_values(helm)
     if failures:
