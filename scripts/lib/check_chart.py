@@ -149,6 +149,10 @@ def normalise(obj):
                 walk(item, path)
 
     walk(obj)
+    # A Pod's volumes are a set by name (kustomize's strategic merge moves a patched one first).
+    pod = obj.get("spec", {}).get("template", {}).get("spec", {}) if obj["kind"] == "Deployment" else {}
+    if "volumes" in pod:
+        pod["volumes"].sort(key=lambda v: v["name"])
     if obj["kind"] == "PieProbe":
         # deploy/samples' PieProbe is applied by hand and carries no labels.
         obj["metadata"].pop("labels", None)
@@ -161,9 +165,9 @@ def key(obj):
 
 
 def compare(name, chart_text, deploy_text):
-    chart = {key(o): normalise(o) for o in docs(chart_text)}
+    chart = {key(o): o for o in map(normalise, docs(chart_text))}
     # The chart does not create its namespace (helm install --create-namespace; README.md).
-    deploy = {key(o): normalise(o) for o in docs(deploy_text) if o["kind"] != "Namespace"}
+    deploy = {key(o): o for o in map(normalise, docs(deploy_text)) if o["kind"] != "Namespace"}
     for k in sorted(set(deploy) - set(chart)):
         fail(f"{name}: deploy/ renders {k} and the chart does not")
     for k in sorted(set(chart) - set(deploy)):
@@ -272,18 +276,19 @@ def check_flags(helm, controller):
 BAD = [
     ([], "remoteWrite.url is required"),
     (["--set", "remoteWrite.url=http://vm:8428/api/v1/write"], "cluster is required"),
-    (["--set", "remoteWrite.url=ftp://vm/api/v1/write", "--set", "cluster=c"], "remoteWrite/url"),
-    (["--set", "remoteWrite.url=http://vm:8428/api/v1/write", "--set", "cluster=a b"], "cluster"),
-    (REQUIRED + ["--set", "replicaCount=0"], "replicaCount"),
-    (REQUIRED + ["--set-string", "replicaCount=two"], "replicaCount"),
-    (REQUIRED + ["--set", "replicas=2"], "replicas"),
-    (REQUIRED + ["--set", "image.pullPolicy=Sometimes"], "image/pullPolicy"),
-    (REQUIRED + ["--set", "service.metrics.port=70000"], "service/metrics/port"),
-    (REQUIRED + ["--set", "externalLabels.cluster=other"], "externalLabels"),
-    (REQUIRED + ["--set", "controller.pushInterval=30"], "controller/pushInterval"),
-    (REQUIRED + ["--set", "controller.extraArgs[0]=push-interval=10s"], "controller/extraArgs/0"),
-    (REQUIRED + ["--set", "remoteWrite.buffer.maxBytes=lots"], "remoteWrite/buffer/maxBytes"),
-    (REQUIRED + ["--set", "imagePullSecrets[0]=regcred"], "imagePullSecrets/0"),
+    (["--set", "remoteWrite.url=ftp://vm/api/v1/write", "--set", "cluster=c"], "at '/remoteWrite/url'"),
+    (["--set", "remoteWrite.url=http://vm:8428/api/v1/write", "--set", "cluster=a b"], "at '/cluster': 'a b' does not match pattern"),
+    (REQUIRED + ["--set", "replicaCount=0"], "at '/replicaCount': minimum: got 0, want 1"),
+    (REQUIRED + ["--set-string", "replicaCount=two"], "at '/replicaCount': got string, want integer"),
+    (REQUIRED + ["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+    (REQUIRED + ["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
+    (REQUIRED + ["--set", "service.metrics.port=70000"], "at '/service/metrics/port': maximum"),
+    (REQUIRED + ["--set", "externalLabels.bad-name=x"], "at '/externalLabels': additional properties 'bad-name' not allowed"),
+    (REQUIRED + ["--set", "externalLabels.cluster=other"], "externalLabels.cluster: the cluster label is the value cluster"),
+    (REQUIRED + ["--set", "controller.pushInterval=30"], "at '/controller/pushInterval'"),
+    (REQUIRED + ["--set", "controller.extraArgs[0]=push-interval=10s"], "at '/controller/extraArgs/0': 'push-interval=10s' does not match pattern '^--'"),
+    (REQUIRED + ["--set", "remoteWrite.buffer.maxBytes=lots"], "at '/remoteWrite/buffer/maxBytes'"),
+    (REQUIRED + ["--set", "imagePullSecrets[0]=regcred"], "at '/imagePullSecrets/0': got string, want object"),
     (REQUIRED + ["--set", "image.repository=ghcr.io/topolvm/pie"], "is topolvm/pie's image"),
     (REQUIRED + ["--set", "image.reference=registry.example/pie-controller@sha256:" + "a" * 64],
      "agent.image.repository (or agent.image.reference) is required"),

@@ -64,11 +64,9 @@ app.kubernetes.io/name: {{ include "pie.name" . }}-controller
 {{- end -}}
 
 {{/* The controller's image: image.reference, else repository:tag (tag defaults to appVersion).
-topolvm/pie's own image cannot run pie: refused with a message rather than a crashing Pod. */}}
+topolvm/pie's own image cannot run pie: pie.required refuses it with a message rather than
+leave a crashing Pod. */}}
 {{- define "pie.image" -}}
-{{- if regexMatch "(^|/)topolvm/pie([:@]|$)" (.Values.image.reference | default .Values.image.repository) -}}
-{{- fail (printf "image: %s is topolvm/pie's image, which cannot run pie; remove image.repository/image.reference from your values (default: ghcr.io/pie-rs/pie-controller) or point them at pie-controller in your registry" (.Values.image.reference | default .Values.image.repository)) -}}
-{{- end -}}
 {{- if .Values.image.reference -}}
 {{- .Values.image.reference -}}
 {{- else -}}
@@ -100,8 +98,15 @@ topolvm/pie's own image cannot run pie: refused with a message rather than a cra
 {{- if .Values.remoteWrite.buffer.persistence.enabled -}}1{{- else -}}{{ .Values.replicaCount }}{{- end -}}
 {{- end -}}
 
-{{/* The two required values, checked by every template that renders the controller. */}}
+{{/* The two required values, and no topolvm/pie image, checked first by every template that
+renders the controller. */}}
 {{- define "pie.required" -}}
+{{- if regexMatch "(^|/)topolvm/pie([:@]|$)" (.Values.image.reference | default .Values.image.repository) -}}
+{{- fail (printf "image: %s is topolvm/pie's image, which cannot run pie; remove image.repository/image.reference from your values (default: ghcr.io/pie-rs/pie-controller) or point them at pie-controller in your registry" (.Values.image.reference | default .Values.image.repository)) -}}
+{{- end -}}
 {{- $_ := required "remoteWrite.url is required: the Prometheus remote-write URL pie pushes to, e.g. --set remoteWrite.url=http://victoria-metrics.monitoring.svc:8428/api/v1/write" .Values.remoteWrite.url -}}
+{{- if hasKey .Values.externalLabels "cluster" -}}
+{{- fail "externalLabels.cluster: the cluster label is the value cluster (required); remove it from externalLabels" -}}
+{{- end -}}
 {{- $_ := required "cluster is required: the value of the cluster label on every series, e.g. --set cluster=prod-eu-1" .Values.cluster -}}
 {{- end -}}
