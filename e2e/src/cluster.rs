@@ -110,8 +110,30 @@ pub fn build_pie_cluster() -> PathBuf {
         .clone()
 }
 
+/// Builds real Helm (`e2e/helm`, Go, scripts/build-helm.sh; the build cache makes a rebuild take
+/// seconds) into the tests' target dir and returns its path.
+pub fn build_helm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = target_dir();
+            let output = Command::new("bash")
+                .arg(repo_root().join("scripts/build-helm.sh"))
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .expect("run scripts/build-helm.sh");
+            assert!(
+                output.status.success(),
+                "building Helm failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            target.join("helm").join("helm")
+        })
+        .clone()
+}
+
 fn start_local() -> TestCluster {
-    let PieBinaries { agent, .. } = pie_binaries();
+    let PieBinaries { agent, controller } = pie_binaries();
     let binary = build_pie_cluster();
     let dir = tempfile::Builder::new()
         .prefix("pie-cluster-")
@@ -130,6 +152,13 @@ fn start_local() -> TestCluster {
         .arg(format!(
             "ghcr.io/pie-rs/pie-agent={},user=1001:1001",
             agent.display()
+        ))
+        // The controller image, as the Dockerfile builds it (ENTRYPOINT pie-controller, USER
+        // 65532): the Helm chart's Deployment runs on the process kubelet (e2e/tests/helm.rs).
+        .arg("--image")
+        .arg(format!(
+            "ghcr.io/pie-rs/pie-controller={},user=65532:65532",
+            controller.display()
         ))
         .stdin(Stdio::piped())
         .stdout(Stdio::from(out.try_clone().expect("clone")))

@@ -8,11 +8,13 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/klog/v2"
 )
 
 // probeReadiness runs a container's readinessProbe (httpGet or tcpSocket; every container
-// shares the host's network, so ports are on 127.0.0.1) until the container exits or the Pod
+// shares the host's network, so ports are on 127.0.0.1; a named port is the container's port of
+// that name) until the container exits or the Pod
 // ends, and reports the container Ready accordingly. An exec probe is not run: the container
 // counts as ready after the initial delay.
 func (w *podWorker) probeReadiness(ctx context.Context, c *v1.Container, proc *process) {
@@ -30,7 +32,7 @@ func (w *podWorker) probeReadiness(ctx context.Context, c *v1.Container, proc *p
 	ready := false
 	var passes, fails int32
 	for {
-		err := check(p, timeout)
+		err := check(c, p, timeout)
 		if err != nil {
 			passes, fails = 0, fails+1
 		} else {
@@ -62,17 +64,32 @@ func (w *podWorker) probeReadiness(ctx context.Context, c *v1.Container, proc *p
 	}
 }
 
-func check(p *v1.Probe, timeout time.Duration) error {
+// probePort is a probe's port as kubelet resolves it: a number, or the name of one of the
+// container's ports.
+func probePort(c *v1.Container, port intstr.IntOrString) (int, error) {
+	if port.Type == intstr.Int {
+		return port.IntValue(), nil
+	}
+	for _, p := range c.Ports {
+		if p.Name == port.StrVal {
+			return int(p.ContainerPort), nil
+		}
+	}
+	return 0, fmt.Errorf("port %q: the container has no port of that name", port.StrVal)
+}
+
+func check(c *v1.Container, p *v1.Probe, timeout time.Duration) error {
 	switch {
 	case p.HTTPGet != nil:
-		if p.HTTPGet.Port.IntValue() == 0 {
-			return fmt.Errorf("named port %q: only numeric ports are probed", p.HTTPGet.Port.String())
+		port, err := probePort(c, p.HTTPGet.Port)
+		if err != nil {
+			return err
 		}
 		scheme := "http"
 		if p.HTTPGet.Scheme == v1.URISchemeHTTPS {
 			scheme = "https"
 		}
-		url := fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, p.HTTPGet.Port.IntValue(), p.HTTPGet.Path)
+		url := fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, port, p.HTTPGet.Path)
 		client := http.Client{Timeout: timeout}
 		resp, err := client.Get(url)
 		if err != nil {
@@ -84,7 +101,11 @@ func check(p *v1.Probe, timeout time.Duration) error {
 		}
 		return nil
 	case p.TCPSocket != nil:
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.TCPSocket.Port.IntValue()), timeout)
+		port, err := probePort(c, p.TCPSocket.Port)
+		if err != nil {
+			return err
+		}
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), timeout)
 		if err != nil {
 			return err
 		}
