@@ -94,18 +94,11 @@ pub fn build_pie_cluster() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let target = target_dir();
-            let output = Command::new("bash")
-                .arg(repo_root().join("scripts/build-cluster.sh"))
-                .env("CARGO_TARGET_DIR", &target)
-                .output()
-                .expect("run scripts/build-cluster.sh");
-            assert!(
-                output.status.success(),
-                "building the local cluster failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            target.join("pie-cluster").join("pie-cluster")
+            go_build(
+                "build-cluster.sh",
+                "the local cluster",
+                "pie-cluster/pie-cluster",
+            )
         })
         .clone()
 }
@@ -115,21 +108,25 @@ pub fn build_pie_cluster() -> PathBuf {
 pub fn build_helm() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let target = target_dir();
-            let output = Command::new("bash")
-                .arg(repo_root().join("scripts/build-helm.sh"))
-                .env("CARGO_TARGET_DIR", &target)
-                .output()
-                .expect("run scripts/build-helm.sh");
-            assert!(
-                output.status.success(),
-                "building Helm failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            target.join("helm").join("helm")
-        })
+        .get_or_init(|| go_build("build-helm.sh", "Helm", "helm/helm"))
         .clone()
+}
+
+/// Runs `scripts/<script>` (one of the Go builds, scripts/lib/go-build.sh) for the tests' target
+/// dir and returns `<target>/<output>`; fails the test with the script's stderr.
+fn go_build(script: &str, what: &str, output: &str) -> PathBuf {
+    let target = target_dir();
+    let run = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(
+        run.status.success(),
+        "building {what} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    target.join(output)
 }
 
 fn start_local() -> TestCluster {
