@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_deploy_flags  # noqa: E402  (scripts/lib, beside this file)
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/pie"
 REQUIRED = ["--set", "remoteWrite.url=http://victoria-metrics.monitoring.svc:8428/api/v1/write",
@@ -249,9 +252,10 @@ def check_topolvm_values(helm):
     print(f"check-chart: topolvm/pie's values: {len(want)} mappings hold; NOTES.txt lists the 5 ignored controller.* keys")
 
 
-def check_flags(helm, controller):
-    """Every flag the chart can give pie-controller exists in `pie-controller run --help`."""
-    flags = set(re.findall(r"--[a-z][a-z0-9-]*", run([controller, "run", "--help"]).stdout))
+def check_flags(helm, controller, tmp):
+    """Every flag and PIE_* variable the chart can give pie-controller exists in
+    `pie-controller run --help`, and a buffer directory is on a writable mount: the same check
+    as deploy/'s (check_deploy_flags.py), over renders that switch on every flag the chart has."""
     renders = [
         REQUIRED + ["--set", "remoteWrite.extraUrls[0]=http://vm2:8428/api/v1/write",
                     "--set", "externalLabels.env=prod", "--set", "remoteWrite.buffer.maxBytes=1Gi",
@@ -261,14 +265,18 @@ def check_flags(helm, controller):
         REQUIRED + ["--set", "remoteWrite.auth.secretName=s", "--set", "remoteWrite.auth.username=u",
                     "--set", "remoteWrite.auth.passwordKey=password"],
     ]
-    used = set()
-    for args in renders:
-        (dep,) = [o for o in docs(template(helm, *args)) if o["kind"] == "Deployment"]
-        for arg in dep["spec"]["template"]["spec"]["containers"][0]["args"][1:]:
-            used.add(arg.split("=", 1)[0])
-    for flag in sorted(used - flags):
-        fail(f"the chart passes {flag}, which `pie-controller run --help` does not have")
-    print(f"check-chart: the {len(used)} flags the chart can pass all exist in pie-controller run --help")
+    paths = []
+    for i, args in enumerate(renders):
+        out = Path(tmp) / f"flags-{i}.yaml"
+        out.write_text(template(helm, *args))
+        paths.append(str(out))
+    help_text = run([controller, "run", "--help"]).stdout
+    problems, checked = check_deploy_flags.check(help_text, paths)
+    for p in problems:
+        fail(f"the chart: {p}")
+    if checked != len(renders):
+        fail(f"expected one pie-controller container per render, found {checked}")
+    print(f"check-chart: the flags and PIE_* variables of {checked} renders all exist in pie-controller run --help")
 
 
 # Each bad input and what its error must say. `required`/`fail` messages are the chart's own,
@@ -345,8 +353,8 @@ def checks(helm, controller, kubectl):
         if proc.returncode != 0:
             fail("the rendered chart does not validate (above)")
         check_drift(helm, kubectl, tmp)
+        check_flags(helm, controller, tmp)
     check_crd_policy(helm)
-    check_flags(helm, controller)
     check_topolvm_values(helm)
     check_bad_values(helm)
     if failures:
