@@ -3,12 +3,12 @@
 use tracing::{error, info};
 
 use crate::cli::{MountProbeArgs, ProvisionProbeArgs};
-use crate::deliver::{Deliverer, DeliveryError};
+use crate::deliver::{Deliverer, DeliveryError, PROVISION_STARTED_PATH, RESULTS_PATH};
 use crate::fio::FioJob;
 use crate::probe::{ProbeIdentity, mount_probe};
 use crate::provision::write_check;
-use pie_api::ProbeResult;
 use pie_api::result::validate_dns_subdomain;
+use pie_api::{ProbeResult, ProvisionStarted};
 
 /// The process exit codes (see [`crate::cli::EXIT_CODES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,21 +47,15 @@ pub async fn run_mount_probe(args: MountProbeArgs) -> Exit {
             return Exit::Usage;
         }
     }
-    let deliverer = match Deliverer::new(
+    let deliverer = match deliverer(
         &args.controller_url,
+        RESULTS_PATH,
         args.token_file,
         args.ca_file.as_deref(),
         args.timeout,
     ) {
         Ok(d) => d,
-        Err(e @ (DeliveryError::InvalidUrl { .. } | DeliveryError::CaFile { .. })) => {
-            eprintln!("error: {e}");
-            return Exit::Usage;
-        }
-        Err(e) => {
-            error!("{e}");
-            return Exit::NotDelivered;
-        }
+        Err(exit) => return exit,
     };
     let job = FioJob {
         fio: args.fio,
@@ -92,20 +86,88 @@ pub async fn run_mount_probe(args: MountProbeArgs) -> Exit {
     }
 }
 
-/// `provision-probe`: exit at once, after the optional write check.
-pub fn run_provision_probe(args: &ProvisionProbeArgs) -> Exit {
-    let Some(path) = &args.path else {
-        info!("provision probe started");
-        return Exit::Success;
-    };
-    match write_check(path) {
-        Ok(()) => {
-            info!(path = %path.display(), "provision probe wrote, synced and read back a file");
-            Exit::Success
+/// A [`Deliverer`] to `path` of the controller, or the exit code a bad flag means.
+fn deliverer(
+    controller_url: &str,
+    path: &str,
+    token_file: Option<std::path::PathBuf>,
+    ca_file: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<Deliverer, Exit> {
+    match Deliverer::new(controller_url, path, token_file, ca_file, timeout) {
+        Ok(d) => Ok(d),
+        Err(e @ (DeliveryError::InvalidUrl { .. } | DeliveryError::CaFile { .. })) => {
+            eprintln!("error: {e}");
+            Err(Exit::Usage)
         }
         Err(e) => {
-            error!("provision probe failed: {e}");
-            Exit::ProbeFailed
+            error!("{e}");
+            Err(Exit::NotDelivered)
+        }
+    }
+}
+
+/// `provision-probe`: the optional write check, then, with `--controller-url`, report the
+/// start and wait until the controller has counted it (so a Pod that runs while no controller
+/// leads lives until one does, instead of finishing unseen); without it, exit at once as
+/// topolvm/pie's probe did.
+pub async fn run_provision_probe(args: ProvisionProbeArgs) -> Exit {
+    let report = match &args.controller_url {
+        None => None,
+        Some(url) => {
+            let (Some(pie_probe_name), Some(storage_class)) =
+                (args.pie_probe_name.clone(), args.storage_class.clone())
+            else {
+                eprintln!("error: --controller-url needs --pie-probe-name and --storage-class");
+                return Exit::Usage;
+            };
+            let started = ProvisionStarted {
+                pie_probe_name,
+                storage_class,
+            };
+            if let Err(e) = started.validate() {
+                eprintln!("error: {e}");
+                return Exit::Usage;
+            }
+            match deliverer(
+                url,
+                PROVISION_STARTED_PATH,
+                args.token_file.clone(),
+                args.ca_file.as_deref(),
+                args.timeout,
+            ) {
+                Ok(d) => Some((d, started)),
+                Err(exit) => return exit,
+            }
+        }
+    };
+    let checked = match &args.path {
+        None => {
+            info!("provision probe started");
+            Exit::Success
+        }
+        Some(path) => match write_check(path) {
+            Ok(()) => {
+                info!(path = %path.display(), "provision probe wrote, synced and read back a file");
+                Exit::Success
+            }
+            Err(e) => {
+                error!("provision probe failed: {e}");
+                Exit::ProbeFailed
+            }
+        },
+    };
+    let Some((deliverer, started)) = report else {
+        return checked;
+    };
+    match deliverer.deliver(&started).await {
+        Ok(_) => {
+            info!("the controller counted this provision probe");
+            checked
+        }
+        Err(e) => {
+            error!("{e}");
+            Exit::NotDelivered
         }
     }
 }

@@ -10,10 +10,12 @@ use pie_api::units::{parse_duration, parse_size};
 /// Exit codes, shown at the end of `--help`.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (mount-probe: the probe succeeded and its result was delivered)
+  0  success (mount-probe: the probe succeeded and its result was delivered; provision-probe
+     with --controller-url: and the controller counted it)
   1  the probe failed (mount-probe: the failure was delivered to the controller)
   2  usage error: bad flag or value; nothing was probed or sent
-  3  mount-probe: the result could not be delivered (unreachable, rejected, --timeout passed)";
+  3  the result (mount-probe) or the start (provision-probe) could not be delivered
+     (unreachable, rejected, --timeout passed)";
 
 /// The probe that runs inside pie's probe Pods.
 #[derive(Debug, Parser)]
@@ -36,8 +38,9 @@ pub enum Command {
     /// Run fio on the mounted volume and post the result to the controller.
     #[command(after_help = EXIT_CODES)]
     MountProbe(Box<MountProbeArgs>),
-    /// Exit 0 at once (the Pod starting is the measurement); with --path, first check that a
-    /// small file can be written, fsynced and read back.
+    /// The Pod starting is the measurement: with --path, check that a small file can be
+    /// written, fsynced and read back; with --controller-url, report the start and wait until
+    /// the controller has counted it; then exit.
     #[command(after_help = EXIT_CODES)]
     ProvisionProbe(ProvisionProbeArgs),
     /// Print the version.
@@ -95,6 +98,25 @@ pub struct ProvisionProbeArgs {
     /// Directory of the ephemeral volume to write a small file to; must exist.
     #[arg(long, env = "PIE_PATH")]
     pub path: Option<PathBuf>,
+    /// Base URL of the controller; the start is reported to URL/api/v1/provision-started and
+    /// the probe waits until the controller has counted it. Without it the probe exits at once.
+    #[arg(long, env = "PIE_CONTROLLER_URL")]
+    pub controller_url: Option<String>,
+    /// Name of the PieProbe (with --controller-url).
+    #[arg(long, env = "PIE_PROBE_NAME")]
+    pub pie_probe_name: Option<String>,
+    /// Storage class of the ephemeral volume (with --controller-url).
+    #[arg(long, env = "PIE_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// File holding a bearer token for the controller, re-read on every attempt.
+    #[arg(long, env = "PIE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CAs trusted for an https controller URL, instead of the system's roots.
+    #[arg(long, env = "PIE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for the controller to count the probe, retries included.
+    #[arg(long, env = "PIE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Checks a tracing filter directive.

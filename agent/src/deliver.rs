@@ -1,6 +1,8 @@
-//! Posting a [`ProbeResult`] to the controller, with retries.
+//! Posting a report to the controller, with retries: a mount probe's [`pie_api::ProbeResult`]
+//! to `/api/v1/results`, a provision probe's [`pie_api::ProvisionStarted`] to
+//! `/api/v1/provision-started` (the answer comes once the controller has counted the Pod).
 //!
-//! `POST <controller-url>/api/v1/results` with the JSON result and, when a token file is given,
+//! `POST <controller-url><path>` with the JSON body and, when a token file is given,
 //! `Authorization: Bearer <token>` (the file is re-read and trimmed on every attempt, so a rotated
 //! token is picked up). Connection errors, 5xx and 429 are retried with jittered exponential
 //! backoff, honouring `Retry-After` (seconds or an HTTP date), until the overall deadline; any
@@ -15,10 +17,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tracing::{info, warn};
 
-use pie_api::ProbeResult;
-
-/// Path of the controller's result receiver, relative to the controller URL.
-pub const RESULTS_PATH: &str = "/api/v1/results";
+pub use pie_api::{PROVISION_STARTED_PATH, RESULTS_PATH};
 
 /// First retry delay (before jitter, which adds up to the same again).
 const MIN_DELAY: Duration = Duration::from_millis(200);
@@ -114,18 +113,19 @@ enum AttemptError {
 }
 
 impl Deliverer {
-    /// A deliverer posting to `<controller_url>/api/v1/results`, giving up after `deadline`.
+    /// A deliverer posting to `<controller_url><path>`, giving up after `deadline`.
     ///
     /// An `https` controller is verified against `ca_file` (a PEM bundle) when given, else
     /// against the system's roots. For plain `http` no roots are loaded at all, which saves
     /// reading the system's certificate store at every start.
     pub fn new(
         controller_url: &str,
+        path: &str,
         token_file: Option<PathBuf>,
         ca_file: Option<&Path>,
         deadline: Duration,
     ) -> Result<Self, DeliveryError> {
-        let url = results_url(controller_url)?;
+        let url = endpoint_url(controller_url, path)?;
         // reqwest is built without a default crypto provider; the error only says one is
         // installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -152,9 +152,12 @@ impl Deliverer {
         &self.url
     }
 
-    /// Posts `result`, retrying transient failures until the deadline.
-    pub async fn deliver(&self, result: &ProbeResult) -> Result<Delivered, DeliveryError> {
-        let body = serde_json::to_vec(result).map_err(|e| DeliveryError::Encode(e.to_string()))?;
+    /// Posts `report` as JSON, retrying transient failures until the deadline.
+    pub async fn deliver<T: serde::Serialize>(
+        &self,
+        report: &T,
+    ) -> Result<Delivered, DeliveryError> {
+        let body = serde_json::to_vec(report).map_err(|e| DeliveryError::Encode(e.to_string()))?;
         let started = Instant::now();
         let ends = started + self.deadline;
         let attempts = Cell::new(0u32);
@@ -262,6 +265,12 @@ impl Deliverer {
 /// `<controller_url>/api/v1/results`, for an `http` or `https` URL with or without a trailing
 /// slash or a path prefix.
 pub fn results_url(controller_url: &str) -> Result<reqwest::Url, DeliveryError> {
+    endpoint_url(controller_url, RESULTS_PATH)
+}
+
+/// `<controller_url><path>`, for an `http` or `https` URL with or without a trailing slash or a
+/// path prefix.
+pub fn endpoint_url(controller_url: &str, path: &str) -> Result<reqwest::Url, DeliveryError> {
     let invalid = |reason: String| DeliveryError::InvalidUrl {
         url: controller_url.to_owned(),
         reason,
@@ -273,7 +282,7 @@ pub fn results_url(controller_url: &str) -> Result<reqwest::Url, DeliveryError> 
     if base.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
     }
-    let joined = format!("{}{RESULTS_PATH}", base.as_str().trim_end_matches('/'));
+    let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
     reqwest::Url::parse(&joined).map_err(|e| invalid(e.to_string()))
 }
 
@@ -424,6 +433,7 @@ mod tests {
         for path in [missing, empty] {
             let err = Deliverer::new(
                 "https://pie:8443",
+                RESULTS_PATH,
                 None,
                 Some(&path),
                 Duration::from_secs(1),
@@ -431,8 +441,19 @@ mod tests {
             .unwrap_err();
             assert!(matches!(err, DeliveryError::CaFile { .. }), "{err:?}");
         }
-        assert!(Deliverer::new("http://pie:8082", None, None, Duration::from_secs(1)).is_ok());
-        assert!(Deliverer::new("https://pie:8443", None, None, Duration::from_secs(1)).is_ok());
+        for url in ["http://pie:8082", "https://pie:8443"] {
+            let d = Deliverer::new(
+                url,
+                PROVISION_STARTED_PATH,
+                None,
+                None,
+                Duration::from_secs(1),
+            );
+            assert_eq!(
+                d.unwrap().url().as_str(),
+                format!("{url}/api/v1/provision-started")
+            );
+        }
     }
 
     #[test]

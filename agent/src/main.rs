@@ -32,17 +32,20 @@ fn main() -> ExitCode {
     exit.into()
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn run(command: Command) -> anyhow::Result<Exit> {
     Ok(match command {
         Command::Version => {
             println!("pie-agent {}", env!("CARGO_PKG_VERSION"));
             Exit::Success
         }
-        Command::ProvisionProbe(args) => app::run_provision_probe(&args),
-        Command::MountProbe(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(app::run_mount_probe(*args)),
+        Command::ProvisionProbe(args) => runtime()?.block_on(app::run_provision_probe(args)),
+        Command::MountProbe(args) => runtime()?.block_on(app::run_mount_probe(*args)),
     })
 }
