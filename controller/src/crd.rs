@@ -50,6 +50,18 @@ pub const VERSION: &str = "v1alpha1";
         description = "whether the probe objects are in place"
     ),
     printcolumn(
+        name = "Provision",
+        type_ = "string",
+        json_path = ".status.lastProvisionOutcome.result",
+        description = "the last provision probe's outcome (OnTime, Late, NotStarted)"
+    ),
+    printcolumn(
+        name = "Mount",
+        type_ = "string",
+        json_path = ".status.lastMountOutcome.result",
+        description = "the last mount probe's outcome, on any node (OnTime, Late, NotStarted)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -297,7 +309,17 @@ spec:
             .flatten()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(cols, ["StorageClass", "Nodes", "Ready", "Age"]);
+        assert_eq!(
+            cols,
+            [
+                "StorageClass",
+                "Nodes",
+                "Ready",
+                "Provision",
+                "Mount",
+                "Age"
+            ]
+        );
         assert!(
             crd.spec.versions[0]
                 .subresources

@@ -20,10 +20,12 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// Leader election failed, or this replica lost the Lease (the process exits and restarts
-    /// as a follower).
+    /// Leader election stopped (its task ended).
     #[error("leader election: {0}")]
     Leadership(String),
+    /// The API server refused some of a PieProbe's objects (the message names each).
+    #[error("applying probe objects: {0}")]
+    Apply(String),
     /// Input that is not what it should be.
     #[error("{0}")]
     Input(String),

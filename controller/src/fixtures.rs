@@ -214,6 +214,8 @@ pub struct StaticIndex {
     pub thresholds: std::collections::HashMap<(String, String), i64>,
     /// (namespace, PieProbe, node, StorageClass) of ineligible mount-probe nodes.
     pub ineligible: std::collections::HashSet<(String, String, String, String)>,
+    /// (namespace, PieProbe) whose provision probe cannot run (no eligible node).
+    pub provision_blocked: std::collections::HashSet<(String, String)>,
 }
 
 impl crate::domain::outcome::observe::ProbeIndex for StaticIndex {
@@ -230,6 +232,12 @@ impl crate::domain::outcome::observe::ProbeIndex for StaticIndex {
             node.to_owned(),
             storage_class.to_owned(),
         ))
+    }
+
+    fn provision_runnable(&self, namespace: &str, name: &str) -> bool {
+        !self
+            .provision_blocked
+            .contains(&(namespace.to_owned(), name.to_owned()))
     }
 
     fn namespaces(&self) -> std::collections::BTreeSet<String> {

@@ -12,8 +12,7 @@ use pie_api::ProbeKey;
 use tracing::{error, info};
 
 use super::{ListenArgs, ProbeArgs, serve_metrics};
-use crate::domain::plan::NodeEligibility;
-use crate::domain::series::{keep, sync_updates};
+use crate::domain::series::{Planned, keep, sync_updates};
 use crate::http::auth::TokenReviewAuth;
 use crate::http::health::{self, Health};
 use crate::http::listen::{self, ListenError};
@@ -32,9 +31,13 @@ pub struct RunArgs {
     /// Default: all namespaces.
     #[arg(long = "namespace", env = "PIE_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
-    /// Reconcile only while holding the Lease `pie-controller`.
+    /// Reconcile only while holding the Lease (--lease-name).
     #[arg(long, env = "PIE_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,
+    /// Name of the Lease the replicas compete for. Two pie installations that reconcile
+    /// different namespaces but keep their Lease in the same namespace need different names.
+    #[arg(long, env = "PIE_LEASE_NAME", default_value = crate::k8s::leader::LEASE_NAME)]
+    pub lease_name: String,
     /// Namespace of the Lease (default: the controller's own namespace).
     #[arg(long, env = "PIE_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
@@ -87,6 +90,10 @@ impl Targets for ManagedTargets {
     fn ready(&self) -> bool {
         self.health.ready()
     }
+
+    fn counted(&self, pod_uid: &str) -> bool {
+        self.handles.counted(pod_uid)
+    }
 }
 
 /// Runs until SIGTERM/SIGINT (Ok) or the loss of leadership (Err: the process exits and
@@ -129,8 +136,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             pusher
                 .clone()
                 .run_periodic(args.push.push_interval, move |pusher| {
-                    let plan = health.ready().then(|| handles.node_eligibility());
-                    sync(pusher, health.leader(), plan.as_deref());
+                    let plan = health.ready().then(|| handles.planned());
+                    sync(pusher, health.leader(), plan.as_ref());
                 }),
         )
     };
@@ -138,6 +145,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let options = RunOptions {
         namespaces: args.namespaces,
         leader_elect: args.leader_elect,
+        lease_name: args.lease_name,
         lease_namespace: args
             .lease_namespace
             .unwrap_or_else(|| client.default_namespace().to_owned()),
@@ -160,18 +168,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     Ok(outcome?)
 }
 
-/// Run mode's step of the periodic push, before the whole store is queued. `leader`: this replica holds the Lease
-/// (the `pie_controller_leader` gauge). `eligibility`: the plan, once this replica leads with
-/// synced caches; `None` before (an unsynced plan would look like every PieProbe deleted),
-/// and then nothing but the leader gauge changes.
-fn sync(pusher: &Pusher, leader: bool, eligibility: Option<&[NodeEligibility]>) {
+/// Run mode's step of the periodic push, before the whole store is queued. `leader`: this
+/// replica holds the Lease (the `pie_controller_leader` gauge). `planned`: the PieProbes and
+/// their nodes, once this replica leads with synced caches; `None` before (an unsynced plan
+/// would look like every PieProbe deleted), and then nothing but the leader gauge changes.
+fn sync(pusher: &Pusher, leader: bool, planned: Option<&Planned>) {
     let now = now_ms();
-    let Some(eligibility) = eligibility else {
-        pusher.record(sync_updates(&[], leader, now));
+    let Some(planned) = planned else {
+        pusher.record(sync_updates(&Planned::default(), leader, now));
         return;
     };
-    pusher.record(sync_updates(eligibility, leader, now));
-    let removed = pusher.remove(keep(eligibility));
+    pusher.record(sync_updates(planned, leader, now));
+    let removed = pusher.remove(keep(planned));
     if removed > 0 {
         info!(
             series = removed,
@@ -189,13 +197,20 @@ mod tests {
     #[test]
     fn the_leader_gauge_follows_the_lease_before_caches_sync() {
         let pusher = Pusher::without_client(Arc::new(Store::new()));
-        let plan = [NodeEligibility {
-            pie_probe: "p".into(),
-            namespace: "pie".into(),
-            node: "n1".into(),
-            storage_class: "sc".into(),
-            ineligible: None,
-        }];
+        let plan = Planned {
+            probes: vec![crate::domain::series::PlannedProbe {
+                name: "p".into(),
+                storage_class: "sc".into(),
+                provision: true,
+            }],
+            nodes: vec![crate::domain::plan::NodeEligibility {
+                pie_probe: "p".into(),
+                namespace: "pie".into(),
+                node: "n1".into(),
+                storage_class: "sc".into(),
+                ineligible: None,
+            }],
+        };
         sync(&pusher, true, Some(&plan));
         assert!(pusher.store().len() > 1);
         // Leading, caches not synced yet: the gauge says leader, nothing is removed.

@@ -9,12 +9,32 @@ use crate::domain::outcome::machine::{ProbeKind, zero_updates};
 use crate::domain::plan::NodeEligibility;
 use crate::metrics::catalogue::{self, Family, Op, Probe, Update};
 
+/// One existing PieProbe, as far as its series go.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlannedProbe {
+    /// Its name (`pie_probe_name`).
+    pub name: String,
+    /// Its StorageClass.
+    pub storage_class: String,
+    /// Its provision probe is enabled.
+    pub provision: bool,
+}
+
+/// What the sync knows: every existing PieProbe, and the nodes of those with mount probes.
+/// A PieProbe without mount probes has no nodes but keeps its provision series.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Planned {
+    /// Every existing PieProbe.
+    pub probes: Vec<PlannedProbe>,
+    /// Per-node eligibility of the mount probes.
+    pub nodes: Vec<NodeEligibility>,
+}
+
 /// The updates that keep the store in step with the plan: eligibility gauges, zero series,
 /// and the leader gauge.
-pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) -> Vec<Update> {
+pub fn sync_updates(planned: &Planned, leader: bool, now_ms: i64) -> Vec<Update> {
     let mut updates = vec![catalogue::leader(leader, now_ms)];
-    let mut probes = BTreeSet::new();
-    for e in eligibility {
+    for e in &planned.nodes {
         let probe = Probe::mount(&e.pie_probe, &e.node, &e.storage_class);
         updates.push(catalogue::probe_gauge(
             &catalogue::NODE_ELIGIBLE,
@@ -37,9 +57,9 @@ pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) 
                 now_ms,
             ));
         }
-        probes.insert((e.pie_probe.as_str(), e.storage_class.as_str()));
     }
-    for (probe, sc) in probes {
+    for p in planned.probes.iter().filter(|p| p.provision) {
+        let (probe, sc) = (p.name.as_str(), p.storage_class.as_str());
         updates.extend(zero_updates(ProbeKind::Provision, probe, "", sc, now_ms));
         for on_time in [true, false] {
             updates.push(catalogue::volume_delete_total(
@@ -54,22 +74,31 @@ pub fn sync_updates(eligibility: &[NodeEligibility], leader: bool, now_ms: i64) 
 }
 
 /// Whether a series stays: series without `pie_probe_name` always do; the others while their
-/// PieProbe exists, and, when they name a node, while that node is selected by it (provision
-/// probes' node labels only need the PieProbe).
-pub fn keep(eligibility: &[NodeEligibility]) -> impl Fn(&Family, &[(&str, &str)]) -> bool + '_ {
+/// PieProbe exists, and, when they name a node of a mount probe, while that node is selected
+/// by it (provision probes' node labels only need the PieProbe).
+pub fn keep(planned: &Planned) -> impl Fn(&Family, &[(&str, &str)]) -> bool + '_ {
+    let probes: BTreeSet<(&str, &str)> = planned
+        .probes
+        .iter()
+        .map(|p| (p.name.as_str(), p.storage_class.as_str()))
+        .collect();
     move |_, labels| {
         let get = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let Some(probe) = get("pie_probe_name") else {
             return true;
         };
         let sc = get("storage_class").unwrap_or_default();
+        if !probes.contains(&(probe, sc)) {
+            return false;
+        }
         let node = get("node").unwrap_or_default();
         let provision = get("probe") == Some("provision");
-        eligibility.iter().any(|e| {
-            e.pie_probe == probe
-                && e.storage_class == sc
-                && (node.is_empty() || provision || e.node == node)
-        })
+        node.is_empty()
+            || provision
+            || planned
+                .nodes
+                .iter()
+                .any(|e| e.pie_probe == probe && e.storage_class == sc && e.node == node)
     }
 }
 
@@ -78,6 +107,17 @@ mod tests {
     use super::*;
     use crate::domain::plan::Ineligible;
     use crate::metrics::store::{Store, Value};
+
+    fn planned(nodes: &[NodeEligibility]) -> Planned {
+        Planned {
+            probes: vec![PlannedProbe {
+                name: "p".into(),
+                storage_class: "sc".into(),
+                provision: true,
+            }],
+            nodes: nodes.to_vec(),
+        }
+    }
 
     fn elig(node: &str, ineligible: Option<Ineligible>) -> NodeEligibility {
         NodeEligibility {
@@ -93,7 +133,7 @@ mod tests {
     fn sync_exports_eligibility_and_zero_series() {
         let store = Store::new();
         let plan = [elig("n1", None), elig("n2", Some(Ineligible::NotReady))];
-        let (_, errors) = store.apply(sync_updates(&plan, true, 1));
+        let (_, errors) = store.apply(sync_updates(&planned(&plan), true, 1));
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
             store.get(&catalogue::NODE_ELIGIBLE, &["p", "n1", "sc"]),
@@ -132,14 +172,14 @@ mod tests {
     fn series_of_deleted_nodes_and_probes_go_stale() {
         let store = Store::new();
         let before = [elig("n1", None), elig("n2", None)];
-        store.apply(sync_updates(&before, true, 1));
+        store.apply(sync_updates(&planned(&before), true, 1));
         store.apply([Update::new(
             &catalogue::FAILURES_TOTAL,
             ["p", "n9", "sc", "provision", "timeout"],
             Op::Inc(1.0),
             1,
         )]);
-        let after = [elig("n1", None)];
+        let after = planned(&[elig("n1", None)]);
         let stale = store.retain(2, keep(&after));
         let names: BTreeSet<String> = stale.iter().map(|(s, _)| s.to_string()).collect();
         assert!(
@@ -157,8 +197,37 @@ mod tests {
                 .is_some(),
             "provision series keep their node"
         );
-        let stale = store.retain(3, keep(&[]));
+        let stale = store.retain(3, keep(&Planned::default()));
         assert!(stale.len() > 5);
         assert_eq!(store.len(), 1, "only the leader gauge is left");
+    }
+
+    /// A PieProbe with mount probes disabled has no nodes: its provision series must stay. The
+    /// real cluster showed them marked stale at every periodic push.
+    #[test]
+    fn a_pieprobe_without_mount_probes_keeps_its_provision_series() {
+        let store = Store::new();
+        let only_provision = planned(&[]);
+        store.apply(sync_updates(&only_provision, true, 1));
+        store.apply([Update::new(
+            &catalogue::PROVISION_TOTAL,
+            ["p", "sc", "false"],
+            Op::Inc(1.0),
+            2,
+        )]);
+        assert!(store.retain(3, keep(&only_provision)).is_empty());
+        assert_eq!(
+            store.get(&catalogue::PROVISION_TOTAL, &["p", "sc", "false"]),
+            Some(Value::Scalar(1.0))
+        );
+        // A PieProbe with its provision probe disabled gets no zero provision series.
+        let store = Store::new();
+        let mut no_provision = planned(&[elig("n1", None)]);
+        no_provision.probes[0].provision = false;
+        store.apply(sync_updates(&no_provision, true, 1));
+        assert_eq!(
+            store.get(&catalogue::PROVISION_TOTAL, &["p", "sc", "true"]),
+            None
+        );
     }
 }

@@ -110,6 +110,40 @@ pub fn desired(probe: &PieProbe, plan: &Result<Plan, Blocked>, now: &Time) -> Pi
     }
 }
 
+/// `status` with `Ready=False`, reason `ApplyFailed`, when the API server refused some of the
+/// planned objects: `failures` names each (`CronJob x: message`), the first three in the message.
+pub fn with_apply_failures(
+    mut status: PieProbeStatus,
+    failures: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) -> PieProbeStatus {
+    if failures.is_empty() {
+        return status;
+    }
+    let mut message = failures
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failures.len() > 3 {
+        message.push_str(&format!("; and {} more", failures.len() - 3));
+    }
+    let ready = condition(
+        &status.conditions,
+        READY,
+        "False",
+        "ApplyFailed",
+        message,
+        generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.insert(0, ready);
+    status
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }

@@ -18,16 +18,41 @@ use pie_api::ProbeKey;
 pub enum Identity {
     /// May report for any probe (shared token, or no authentication).
     Anyone,
-    /// A probe Pod: may report only for this triple.
-    Probe(ProbeKey),
+    /// A mount probe Pod: may report results only for this triple.
+    Probe {
+        /// The (PieProbe, node it runs on, StorageClass) of the Pod.
+        key: ProbeKey,
+        /// The Pod's UID.
+        pod_uid: String,
+    },
+    /// A provision probe Pod of a PieProbe and StorageClass: may report its start.
+    ProvisionProbe {
+        /// The PieProbe.
+        pie_probe_name: String,
+        /// The StorageClass.
+        storage_class: String,
+        /// The Pod's UID.
+        pod_uid: String,
+    },
 }
 
 impl Identity {
-    /// Whether this caller may report for `triple`.
+    /// Whether this caller may report results for `triple`.
     pub fn may_report(&self, triple: &ProbeKey) -> bool {
         match self {
             Identity::Anyone => true,
-            Identity::Probe(own) => own == triple,
+            Identity::Probe { key, .. } => key == triple,
+            Identity::ProvisionProbe { .. } => false,
+        }
+    }
+
+    /// The probe Pod behind the token, if it is one.
+    pub fn pod_uid(&self) -> Option<&str> {
+        match self {
+            Identity::Anyone => None,
+            Identity::Probe { pod_uid, .. } | Identity::ProvisionProbe { pod_uid, .. } => {
+                Some(pod_uid)
+            }
         }
     }
 }
@@ -185,8 +210,23 @@ mod tests {
             node: n.into(),
             storage_class: "sc".into(),
         };
-        assert!(Identity::Probe(t("a")).may_report(&t("a")));
-        assert!(!Identity::Probe(t("a")).may_report(&t("b")));
+        let probe = |n: &str| Identity::Probe {
+            key: t(n),
+            pod_uid: "u".into(),
+        };
+        assert!(probe("a").may_report(&t("a")));
+        assert!(!probe("a").may_report(&t("b")));
+        let provision = Identity::ProvisionProbe {
+            pie_probe_name: "p".into(),
+            storage_class: "sc".into(),
+            pod_uid: "u2".into(),
+        };
+        assert!(
+            !provision.may_report(&t("a")),
+            "a provision Pod reports no results"
+        );
+        assert_eq!(provision.pod_uid(), Some("u2"));
+        assert_eq!(Identity::Anyone.pod_uid(), None);
         assert!(Identity::Anyone.may_report(&t("b")));
     }
 }

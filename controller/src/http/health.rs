@@ -1,5 +1,6 @@
-//! `/healthz` (liveness) and `/readyz` (ready only on the leader with synced caches, so a
-//! Service in front of several replicas routes probe results to the leader).
+//! `/healthz` (liveness) and `/readyz` (ready only on the leader with synced caches while the
+//! API server answers, so a Service in front of several replicas routes probe results to the
+//! leader, and none while the API server is away: results could not be checked then).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +15,18 @@ use axum::routing::get;
 pub struct Health {
     leader: AtomicBool,
     synced: AtomicBool,
+    api_unreachable: AtomicBool,
 }
 
 impl Health {
     /// Records whether this replica holds the lease.
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// Records whether the API server answered lately (the Lease's renewals say).
+    pub fn set_api_reachable(&self, reachable: bool) {
+        self.api_unreachable.store(!reachable, Ordering::Relaxed);
     }
 
     /// Records whether the watch caches have synced.
@@ -32,9 +39,24 @@ impl Health {
         self.leader.load(Ordering::Relaxed)
     }
 
-    /// Leader with synced caches.
+    /// Leader with synced caches, and the API server answers.
     pub fn ready(&self) -> bool {
-        self.leader.load(Ordering::Relaxed) && self.synced.load(Ordering::Relaxed)
+        self.leader.load(Ordering::Relaxed)
+            && self.synced.load(Ordering::Relaxed)
+            && !self.api_unreachable.load(Ordering::Relaxed)
+    }
+
+    /// Why it is not ready (`None`: it is).
+    pub fn not_ready_because(&self) -> Option<&'static str> {
+        if self.api_unreachable.load(Ordering::Relaxed) {
+            Some("the Kubernetes API server does not answer")
+        } else if !self.leader.load(Ordering::Relaxed) {
+            Some("not the leader")
+        } else if !self.synced.load(Ordering::Relaxed) {
+            Some("caches not synced")
+        } else {
+            None
+        }
     }
 }
 
@@ -47,13 +69,9 @@ pub fn router(health: Arc<Health>) -> Router {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if health.ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not leader or caches not synced",
-        )
+    match health.not_ready_because() {
+        None => (StatusCode::OK, "ready"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -95,6 +113,17 @@ mod tests {
             "HTTP/1.1 503 Service Unavailable"
         );
         health.set_synced(true);
+        assert_eq!(get_status(addr, "/readyz").await, "HTTP/1.1 200 OK");
+        health.set_api_reachable(false);
+        assert_eq!(
+            get_status(addr, "/readyz").await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        assert_eq!(
+            health.not_ready_because(),
+            Some("the Kubernetes API server does not answer")
+        );
+        health.set_api_reachable(true);
         assert_eq!(get_status(addr, "/readyz").await, "HTTP/1.1 200 OK");
         health.set_leader(false);
         assert_eq!(

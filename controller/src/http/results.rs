@@ -1,12 +1,17 @@
-//! The results API: `POST /api/v1/results` (and `POST /` for pie's own probe images) with the
-//! agent's [`ProbeResult`].
+//! The probes' API: `POST /api/v1/results` (and `POST /` for pie's own probe images) with the
+//! agent's [`ProbeResult`], and `POST /api/v1/provision-started` with a provision probe's
+//! [`ProvisionStarted`].
 //!
 //! Every check happens before the store is touched, so bad input loses nothing and changes
 //! nothing: 405 wrong method, 401 no or bad token, 415 not JSON, 413 body over 64 KiB, 400
-//! unparsable or invalid result, 422 a probe this controller does not manage, 403 a probe
-//! reporting for another one, 503 the token cannot be checked now or this replica is not the
-//! leader (the agent retries). Errors are
-//! `{"error": "..."}`.
+//! unparsable or invalid body, 422 a probe this controller does not manage, 403 a probe
+//! reporting for another one, 503 (with `Retry-After: 1`) the token cannot be checked now, this
+//! replica is not the leader, or the probe Pod's outcome is not counted yet (the agent retries).
+//! Errors are `{"error": "..."}`.
+//!
+//! A probe Pod's report is accepted only once the outcome tracker has counted the Pod (from its
+//! start), so the Pod, which waits for the answer, cannot finish before anyone counted it: a Pod
+//! that runs while the controller restarts or the Lease moves is counted by the next leader.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,10 +24,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use pie_api::{ProbeKey, ProbeResult};
+use pie_api::{PROVISION_STARTED_PATH, ProbeKey, ProbeResult, ProvisionStarted, RESULTS_PATH};
 use serde_json::json;
 
-use crate::http::auth::{AuthError, Authenticator, bearer};
+use crate::http::auth::{AuthError, Authenticator, Identity, bearer};
 use crate::metrics::catalogue;
 use crate::metrics::catalogue::{Op, Probe, Update};
 use crate::metrics::push::Pusher;
@@ -39,6 +44,11 @@ pub trait Targets: Send + Sync + fmt::Debug {
     /// Whether this replica knows its probes (the leader with synced caches); others answer
     /// 503 so the probe retries and reaches the leader.
     fn ready(&self) -> bool {
+        true
+    }
+
+    /// Whether the outcome of the probe Pod with UID `pod_uid` is counted.
+    fn counted(&self, _pod_uid: &str) -> bool {
         true
     }
 }
@@ -70,7 +80,14 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Each 503 here passes within a second or a Lease duration: come back soon.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+        }
+        response
     }
 }
 
@@ -82,15 +99,21 @@ fn err(status: StatusCode, message: impl Into<String>) -> ApiError {
 pub fn router(receiver: Receiver) -> Router {
     let store = receiver.pusher.clone();
     Router::new()
-        .route("/api/v1/results", post(receive))
+        .route(RESULTS_PATH, post(receive))
         .route("/", post(receive))
+        .route(PROVISION_STARTED_PATH, post(provision_started))
         .method_not_allowed_fallback(|| async {
             err(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: POST a result",
             )
         })
-        .fallback(|| async { err(StatusCode::NOT_FOUND, "not found: POST /api/v1/results") })
+        .fallback(|| async {
+            err(
+                StatusCode::NOT_FOUND,
+                "not found: POST /api/v1/results or /api/v1/provision-started",
+            )
+        })
         .with_state(receiver)
         .layer(middleware::from_fn_with_state(store, count_requests))
 }
@@ -130,12 +153,69 @@ async fn receive(
     Ok(Json(json!({ "status": "accepted" })))
 }
 
-/// Every check of a request, in order; the parsed result when all pass.
-async fn check(
-    receiver: &Receiver,
-    headers: &HeaderMap,
+/// `POST /api/v1/provision-started`: 200 once the outcome of the provision probe Pod behind the
+/// token is counted, 503 until then.
+async fn provision_started(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<ProbeResult, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let identity = authenticate(&receiver, &headers).await?;
+    let started: ProvisionStarted = read_json(&headers, body).await?;
+    started
+        .validate()
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid report: {e}")))?;
+    let Identity::ProvisionProbe {
+        pie_probe_name,
+        storage_class,
+        pod_uid,
+    } = identity
+    else {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "only a provision probe Pod reports its start (with its own token)",
+        ));
+    };
+    if (pie_probe_name.as_str(), storage_class.as_str())
+        != (
+            started.pie_probe_name.as_str(),
+            started.storage_class.as_str(),
+        )
+    {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token is a provision probe of {pie_probe_name} on {storage_class}, not of {} on {}",
+                started.pie_probe_name, started.storage_class
+            ),
+        ));
+    }
+    not_leader(&receiver)?;
+    if !receiver.targets.counted(&pod_uid) {
+        return Err(not_counted());
+    }
+    Ok(Json(json!({ "status": "counted" })))
+}
+
+fn not_leader(receiver: &Receiver) -> Result<(), ApiError> {
+    if receiver.targets.ready() {
+        return Ok(());
+    }
+    Err(err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this replica is not the leader or its caches are not synced yet; retry",
+    ))
+}
+
+fn not_counted() -> ApiError {
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this probe Pod's start is not counted yet; retry",
+    )
+}
+
+/// Who sent the request (401, 403 or 503 when that cannot be told).
+async fn authenticate(receiver: &Receiver, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let authorization = match headers.get(AUTHORIZATION).map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => Some(v),
@@ -146,7 +226,7 @@ async fn check(
             ));
         }
     };
-    let identity = receiver
+    receiver
         .auth
         .authenticate(bearer(authorization))
         .await
@@ -156,7 +236,14 @@ async fn check(
             }
             AuthError::Forbidden(_) => err(StatusCode::FORBIDDEN, e.to_string()),
             AuthError::Unavailable(_) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        })?;
+        })
+}
+
+/// The JSON body as `T` (415 not JSON, 413 too large, 400 empty or unparsable).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     if !is_json(headers) {
         return Err(err(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -182,17 +269,22 @@ async fn check(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(err(StatusCode::BAD_REQUEST, "empty body: POST a result"));
     }
-    let result: ProbeResult = serde_json::from_slice(&bytes)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid result: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid result: {e}")))
+}
+
+/// Every check of a result, in order; the parsed result when all pass.
+async fn check(
+    receiver: &Receiver,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ProbeResult, ApiError> {
+    let identity = authenticate(receiver, headers).await?;
+    let result: ProbeResult = read_json(headers, body).await?;
     result
         .validate()
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid result: {e}")))?;
-    if !receiver.targets.ready() {
-        return Err(err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this replica is not the leader or its caches are not synced yet; retry",
-        ));
-    }
+    not_leader(receiver)?;
     let triple = ProbeKey {
         pie_probe_name: result.pie_probe_name.clone(),
         node: result.node.clone(),
@@ -209,6 +301,11 @@ async fn check(
             StatusCode::FORBIDDEN,
             format!("this token may not report for {triple}"),
         ));
+    }
+    if let Some(pod_uid) = identity.pod_uid()
+        && !receiver.targets.counted(pod_uid)
+    {
+        return Err(not_counted());
     }
     Ok(result)
 }

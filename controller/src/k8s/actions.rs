@@ -1,7 +1,8 @@
 //! Carries out the state machine's [`Action`]s against the API server: the counted mark is a
 //! merge patch of one annotation on the Pod, a Job is deleted with background propagation (its
 //! Pod goes with it), the last outcome is server-side applied to the PieProbe's status under its
-//! own field manager ([`OUTCOME_MANAGER`], so the reconciler's status applies keep it). An
+//! own field manager, one per probe kind ([`outcome_manager`]), so the reconciler's status
+//! applies keep it and neither outcome removes the other. An
 //! object already gone is not an error. Transient failures (5xx, 409,
 //! 429, connection errors) are retried with exponential backoff.
 
@@ -16,8 +17,16 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use crate::crd::PieProbe;
 use crate::domain::outcome::machine::{Action, ProbeKind, secs};
 
-/// Field manager of the status' last outcomes.
-pub const OUTCOME_MANAGER: &str = "pie-controller-outcomes";
+/// Field manager of the status' last outcome of `kind`. One per kind: a server-side apply
+/// removes the fields its manager applied before and leaves out now, so one manager applying
+/// `lastProvisionOutcome` and `lastMountOutcome` in turn would keep only the latest (the real
+/// API server did; the status never showed both).
+pub fn outcome_manager(kind: ProbeKind) -> &'static str {
+    match kind {
+        ProbeKind::Provision => "pie-controller-provision-outcome",
+        ProbeKind::Mount => "pie-controller-mount-outcome",
+    }
+}
 use crate::domain::outcome::observe::ANNOTATION_COUNTED;
 
 /// The merge patch that marks a Pod counted.
@@ -115,7 +124,7 @@ pub async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error
         } => Api::<PieProbe>::namespaced(client.clone(), namespace)
             .patch_status(
                 pie_probe,
-                &PatchParams::apply(OUTCOME_MANAGER).force(),
+                &PatchParams::apply(outcome_manager(*kind)).force(),
                 &Patch::Apply(outcome_patch(
                     *kind,
                     *time_ms,
@@ -224,7 +233,7 @@ mod tests {
         let body = api
             .expect(
                 Method::PATCH,
-                "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-outcomes",
+                "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
                 json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
                        "metadata": {"name": "p", "namespace": "pie"},
                        "spec": {"monitoringStorageClass": "sc", "nodeSelector": {"nodeSelectorTerms": []}}}),
@@ -315,5 +324,48 @@ mod tests {
         .await;
         let err = run.await.unwrap().unwrap_err();
         assert_eq!(status_code(&err), Some(403), "{err}");
+    }
+
+    /// A server-side apply drops what its manager applied before and omits now: the two last
+    /// outcomes must be applied by two managers, or each would erase the other.
+    #[tokio::test]
+    async fn the_two_last_outcomes_are_applied_by_two_field_managers() {
+        let (client, mut api) = ApiServerVerifier::new();
+        let outcome = |kind| Action::RecordOutcome {
+            namespace: "pie".into(),
+            pie_probe: "p".into(),
+            kind,
+            time_ms: 0,
+            node: None,
+            result: "OnTime",
+            started_after_ms: Some(1_000),
+            threshold_ms: 60_000,
+            reason: None,
+        };
+        let echo = json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+                          "metadata": {"name": "p", "namespace": "pie"},
+                          "spec": {"monitoringStorageClass": "sc"}});
+        let path = "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=";
+        for (kind, manager, field) in [
+            (
+                ProbeKind::Provision,
+                "pie-controller-provision-outcome",
+                "lastProvisionOutcome",
+            ),
+            (
+                ProbeKind::Mount,
+                "pie-controller-mount-outcome",
+                "lastMountOutcome",
+            ),
+        ] {
+            let c = client.clone();
+            let run = tokio::spawn(async move { execute(&c, &outcome(kind)).await });
+            let body = api
+                .expect(Method::PATCH, &format!("{path}{manager}"), echo.clone())
+                .await;
+            assert_eq!(body["status"].as_object().unwrap().len(), 1);
+            assert!(body["status"].get(field).is_some(), "{body}");
+            run.await.unwrap().unwrap();
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::http::health::Health;
 use crate::k8s::leader;
 use crate::k8s::reconcile::{self, Context, Stores};
 use crate::k8s::tracker;
-use crate::k8s::watch::{by_label, logged, managed_selector, scoped};
+use crate::k8s::watch::{by_label, logged, probe_objects_selector, scoped};
 use crate::metrics::catalogue;
 use crate::metrics::push::Pusher;
 use remote_write::now_ms;
@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub namespaces: Vec<String>,
     /// Compete for the Lease and reconcile only while leading.
     pub leader_elect: bool,
+    /// Name of the Lease.
+    pub lease_name: String,
     /// Namespace of the Lease.
     pub lease_namespace: String,
     /// This replica's identity in the Lease (the Pod name).
@@ -50,6 +52,8 @@ pub struct RunOptions {
 #[derive(Clone, Debug, Default)]
 pub struct Handles {
     eligibility: Arc<RwLock<EligibilityMap>>,
+    counted: Arc<tracker::CountedPods>,
+    provision_runnable: Arc<RwLock<reconcile::ProvisionMap>>,
     probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
 }
 
@@ -69,6 +73,46 @@ impl Handles {
 }
 
 impl Handles {
+    /// Every existing PieProbe and the nodes of those with mount probes, for the periodic sync.
+    pub fn planned(&self) -> crate::domain::series::Planned {
+        let nodes = self.node_eligibility();
+        let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
+        let mut probes: Vec<crate::domain::series::PlannedProbe> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| crate::domain::series::PlannedProbe {
+                name: p.name_any(),
+                storage_class: p.spec.monitoring_storage_class.clone(),
+                provision: !p.spec.disable_provision_probe,
+            })
+            .collect();
+        probes.sort();
+        probes.dedup();
+        crate::domain::series::Planned { probes, nodes }
+    }
+
+    /// Whether the outcome of the probe Pod with UID `uid` is counted.
+    pub fn counted(&self, uid: &str) -> bool {
+        self.counted.contains(uid)
+    }
+
+    /// Forgets the PieProbe caches and the plan of a term of leadership that ended.
+    fn clear(&self) {
+        self.counted.clear();
+        self.probe_stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.eligibility
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.provision_runnable
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn probe(&self, namespace: &str, name: &str) -> Option<Arc<PieProbe>> {
         let r = ObjectRef::new(name).within(namespace);
         let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
@@ -90,6 +134,16 @@ impl ProbeIndex for Handles {
             .any(|e| e.node == node && e.storage_class == storage_class && e.ineligible.is_none())
     }
 
+    fn provision_runnable(&self, namespace: &str, name: &str) -> bool {
+        let map = self
+            .provision_runnable
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or(true)
+    }
+
     fn namespaces(&self) -> std::collections::BTreeSet<String> {
         let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
         stores
@@ -109,8 +163,21 @@ enum Trigger {
     All,
 }
 
-/// Runs until a shutdown signal (Ok) or the loss of leadership (Err: the process should exit
-/// and restart as a follower).
+/// How one term of leadership ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TermEnd {
+    /// SIGTERM or SIGINT: the process stops.
+    Shutdown,
+    /// The Lease was lost (or could not be renewed): follow until it can be taken again.
+    LostLease,
+}
+
+/// Runs until a shutdown signal. With leader election, the watches, reconcilers and outcome
+/// tracking run only while this replica holds the Lease; when it loses the Lease (another
+/// replica took it, or the API server could not be reached to renew it) they stop, what they
+/// recorded is dropped from the store (the next leader counts on), and the replica follows
+/// until it can lead again: the process does not exit. Readiness follows the Lease and whether
+/// the API server answers.
 pub async fn run(
     client: Client,
     config: plan::Config,
@@ -119,31 +186,114 @@ pub async fn run(
     handles: Handles,
     pusher: Pusher,
 ) -> Result<()> {
-    let mut leading = if options.leader_elect {
-        let rx = leader::elect(client.clone(), &options.lease_namespace, &options.identity)
-            .await
-            .map_err(|e| Error::Leadership(e.to_string()))?;
-        Some(rx)
-    } else {
-        None
-    };
-    if let Some(rx) = &mut leading {
-        info!(identity = %options.identity, "waiting for leadership");
-        rx.wait_for(|l| *l)
-            .await
-            .map_err(|_| Error::Leadership("stopped".into()))?;
-    }
-    health.set_leader(true);
-    if let Some(rx) = &leading {
+    let lease = options.leader_elect.then(|| {
+        leader::elect(
+            client.clone(),
+            leader::Candidate {
+                name: options.lease_name.clone(),
+                namespace: options.lease_namespace.clone(),
+                identity: options.identity.clone(),
+            },
+        )
+    });
+    if let Some(rx) = &lease {
         // `pie_controller_leader` and readiness follow the Lease at once, also while the
-        // watches below are still winding down after it was lost.
+        // watches are winding down after it was lost.
         let (mut rx, health) = (rx.clone(), health.clone());
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                health.set_leader(*rx.borrow_and_update());
+            loop {
+                let status = *rx.borrow_and_update();
+                health.set_leader(status.leading);
+                health.set_api_reachable(status.reachable);
+                if rx.changed().await.is_err() {
+                    break;
+                }
             }
         });
     }
+    loop {
+        if let Some(rx) = &lease {
+            info!(identity = %options.identity, lease = %options.lease_name, "waiting for leadership");
+            let mut rx = rx.clone();
+            tokio::select! {
+                led = rx.wait_for(|s| s.leading) => {
+                    led.map_err(|_| Error::Leadership("stopped".into()))?;
+                }
+                () = crate::signal::shutdown() => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+            }
+        } else {
+            health.set_leader(true);
+            health.set_api_reachable(true);
+        }
+        // The previous leader (maybe another replica) pushed the same series until a moment
+        // ago: this term's samples come after its.
+        pusher.store().set_floor(now_ms());
+        let end = lead(
+            &client,
+            &config,
+            &options,
+            &health,
+            &handles,
+            &pusher,
+            lease.clone(),
+        )
+        .await;
+        health.set_synced(false);
+        handles.clear();
+        // What this term recorded about probes goes: the next leader counts on, and a
+        // follower must not push old counters next to it.
+        let dropped = pusher.forget(crate::domain::series::keep(
+            &crate::domain::series::Planned::default(),
+        ));
+        match end {
+            TermEnd::Shutdown => return Ok(()),
+            TermEnd::LostLease => warn!(
+                series = dropped,
+                "lost the Lease: stopped reconciling and tracking; following until it can be taken again"
+            ),
+        }
+    }
+}
+
+/// One term of leadership: everything that only the leader does, until the Lease is lost or the
+/// process is told to stop.
+async fn lead(
+    client: &Client,
+    config: &plan::Config,
+    options: &RunOptions,
+    health: &Arc<Health>,
+    handles: &Handles,
+    pusher: &Pusher,
+    lease: Option<tokio::sync::watch::Receiver<leader::Status>>,
+) -> TermEnd {
+    let client = client.clone();
+    let pusher = pusher.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<TermEnd>);
+    let stopper = tokio::spawn(async move {
+        let lost = async move {
+            match lease {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|s| !s.leading).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let end = tokio::select! {
+            () = lost => TermEnd::LostLease,
+            () = crate::signal::shutdown() => TermEnd::Shutdown,
+        };
+        let _ = stop_tx.send(Some(end));
+    });
+    let end_rx = stop_rx.clone();
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+    };
     info!("leading; starting watches");
 
     let (tx, _) = broadcast::channel::<Trigger>(1024);
@@ -192,6 +342,7 @@ pub async fn run(
             stores,
             recorder.clone(),
             handles.eligibility.clone(),
+            handles.provision_runnable.clone(),
         ));
         // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
         // signal of its own: the Controller already waits on the store (it holds its runner
@@ -223,7 +374,7 @@ pub async fn run(
             ready(pvcs),
         ]);
         probes_ready.push(listed(probes_synced_rx));
-        let shutdown = leadership_lost(leading.clone());
+        let shutdown = stopped();
         let run = controller
             .owns_stream(owned(
                 scoped::<PartialObjectMeta<CronJob>>(&client, ns),
@@ -264,28 +415,28 @@ pub async fn run(
         controllers.push(run);
     }
     let synced = health.clone();
-    tokio::spawn(async move {
+    let synced_task = tokio::spawn(async move {
         futures::future::join_all(to_sync).await;
         info!("caches synced");
         synced.set_synced(true);
     });
     // Outcomes need the PieProbes (thresholds) before the first probe Pod is looked at.
     let outcomes = {
-        let shutdown = leadership_lost(leading.clone());
+        let shutdown = stopped();
         let client = client.clone();
         let index = Arc::new(handles.clone());
+        let counted = handles.counted.clone();
         async move {
             futures::future::join_all(probes_ready).await;
             info!("tracking probe outcomes");
-            tracker::run(client, scopes, index, pusher, shutdown).await;
+            tracker::run(client, scopes, index, pusher, counted, shutdown).await;
         }
     };
     futures::future::join(futures::future::join_all(controllers), outcomes).await;
-    health.set_leader(false);
-    match leading {
-        Some(rx) if !*rx.borrow() => Err(Error::Leadership("lost the Lease".into())),
-        _ => Ok(()),
-    }
+    synced_task.abort();
+    let end = end_rx.borrow().unwrap_or(TermEnd::Shutdown);
+    stopper.abort();
+    end
 }
 
 /// Resolves once `store` has its first list. Give each store at most one such waiter:
@@ -314,25 +465,9 @@ fn listed(
     })
 }
 
-/// Resolves on SIGTERM/Ctrl-C, or when leadership is lost.
-async fn leadership_lost(leading: Option<tokio::sync::watch::Receiver<bool>>) {
-    let lost = async move {
-        match leading {
-            Some(mut rx) => {
-                let _ = rx.wait_for(|l| !*l).await;
-                warn!("lost leadership; stopping");
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = lost => {}
-        () = crate::signal::shutdown() => info!("shutting down"),
-    }
-}
-
-/// Owned objects, metadata only, filtered to changes of ownership or desired state (status
-/// updates such as a CronJob's lastScheduleTime do not trigger reconciles).
+/// Probe objects (pie's, and topolvm/pie's to adopt), metadata only, filtered to changes of
+/// ownership or desired state (status updates such as a CronJob's lastScheduleTime do not
+/// trigger reconciles).
 fn owned<K>(
     api: Api<PartialObjectMeta<K>>,
     writer: Writer<PartialObjectMeta<K>>,
@@ -346,7 +481,7 @@ where
         + Sync
         + 'static,
 {
-    by_label(api, &managed_selector())
+    by_label(api, &probe_objects_selector())
         .reflect(writer)
         .touched_objects()
         .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())
@@ -369,6 +504,10 @@ fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
         .iter()
         .flatten()
         .for_each(|r| r.uid.hash(&mut h));
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(labels::LABEL_MANAGED_BY))
+        .hash(&mut h);
     Some(h.finish())
 }
 

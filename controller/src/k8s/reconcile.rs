@@ -57,6 +57,9 @@ pub struct Context {
     /// Latest per-node eligibility of every reconciled PieProbe (shared by the per-namespace
     /// controllers).
     pub eligibility: Arc<RwLock<EligibilityMap>>,
+    /// Whether each reconciled PieProbe's provision probe can run (some selected node is
+    /// eligible), shared with the outcome tracker.
+    pub provision_runnable: Arc<RwLock<ProvisionMap>>,
     failures: Mutex<HashMap<(String, String), u32>>,
 }
 
@@ -76,6 +79,7 @@ impl Context {
         stores: Stores,
         recorder: Recorder,
         eligibility: Arc<RwLock<EligibilityMap>>,
+        provision_runnable: Arc<RwLock<ProvisionMap>>,
     ) -> Self {
         Self {
             client,
@@ -83,10 +87,14 @@ impl Context {
             stores,
             recorder,
             eligibility,
+            provision_runnable,
             failures: Mutex::default(),
         }
     }
 }
+
+/// Whether each PieProbe's provision probe can run, keyed by (namespace, name).
+pub type ProvisionMap = std::collections::BTreeMap<(String, String), bool>;
 
 fn key(probe: &PieProbe) -> (String, String) {
     (probe.namespace().unwrap_or_default(), probe.name_any())
@@ -120,13 +128,24 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
         }
         Ok(plan) => plan,
     };
-    let desired = apply_all(&ctx, &ns, &plan).await?;
-    delete_stale(&ctx, &probe, &ns, &desired).await?;
+    // One object the API server refuses does not keep the others from being applied; the
+    // refusals are reported in the status (Ready=False, ApplyFailed) and retried with backoff.
+    let (desired, mut failures) = apply_all(&ctx, &ns, &plan).await;
+    failures.extend(delete_stale(&ctx, &probe, &ns, &desired).await);
     ctx.eligibility
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key(&probe), plan.nodes.clone());
+    ctx.provision_runnable
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key(&probe), plan.provision_runnable());
+    let desired_status =
+        status::with_apply_failures(desired_status, &failures, probe.metadata.generation, &now);
     write_status(&ctx, &probe, &ns, desired_status).await?;
+    if !failures.is_empty() {
+        return Err(Error::Apply(failures.join("; ")));
+    }
     ctx.failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -167,23 +186,37 @@ struct DesiredNames {
     pvcs: BTreeSet<String>,
 }
 
-/// Applies what changed and returns the names of everything desired (for [`delete_stale`]).
-async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> Result<DesiredNames> {
+/// Applies what changed; returns the names of everything desired (for [`delete_stale`]) and
+/// what the API server refused (`CronJob x: message`), having tried every object.
+async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> (DesiredNames, Vec<String>) {
     let mut names = DesiredNames {
         cron_jobs: BTreeSet::new(),
         pvcs: BTreeSet::new(),
     };
+    let mut failures = Vec::new();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for pvc in plan.desired_pvcs() {
-        apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, &pvc).await?;
+        if let Err(e) = apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, &pvc).await {
+            failures.push(refusal("PersistentVolumeClaim", &pvc.name, &e));
+        }
         names.pvcs.insert(pvc.name);
     }
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
     for cj in plan.desired_cron_jobs() {
-        apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, &cj).await?;
+        if let Err(e) = apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, &cj).await {
+            failures.push(refusal("CronJob", &cj.name, &e));
+        }
         names.cron_jobs.insert(cj.name);
     }
-    Ok(names)
+    (names, failures)
+}
+
+/// `kind name: why` for the status, with the API server's own message when it gave one.
+fn refusal(kind: &str, name: &str, error: &Error) -> String {
+    match error {
+        Error::Kube(kube::Error::Api(s)) => format!("{kind} {name}: {}", s.message),
+        other => format!("{kind} {name}: {other}"),
+    }
 }
 
 /// Applies `desired` unless the cached object already carries its desired-hash; the object is
@@ -201,6 +234,11 @@ where
     if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == Some(desired.hash.as_str()) {
         return Ok(());
     }
+    if let Some(existing) = &existing
+        && !managed_by_pie(&existing.metadata)
+    {
+        adopt(api, desired).await?;
+    }
     debug!(kind = %K::kind(&()), name = %desired.name, "applying");
     api.patch(
         &desired.name,
@@ -211,15 +249,102 @@ where
     Ok(())
 }
 
+/// Deletes what `probe` owns but no longer wants; returns what could not be deleted.
+/// Whether pie-controller made the object (topolvm/pie's objects lack the label).
+fn managed_by_pie(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(labels::LABEL_MANAGED_BY))
+        .is_some_and(|v| v == labels::MANAGER)
+}
+
+/// Takes over an object of ours by name that another controller made (topolvm/pie, whose
+/// objects a migration keeps): afterwards it is exactly what pie applies, with no field left
+/// over and no other field manager. A server-side apply alone would keep what the other
+/// manager set and pie does not (topolvm/pie's `pie.topolvm.io/pod` finalizer in the Pod
+/// template, which would leave every probe Pod Terminating, and its `genericvol` volume), so:
+///
+/// 1. a JSON merge patch, with the resourceVersion just read, turns the object into the
+///    desired one (every key pie does not set is nulled; a PVC's spec, immutable once bound,
+///    is left as it is);
+/// 2. a merge patch of `managedFields: [{}]` forgets who wrote which field before;
+/// 3. the caller's server-side apply then owns every field pie sets, as for its own objects.
+async fn adopt<K>(api: &Api<K>, desired: &plan::Desired<'_, K>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let Some(live) = api.get_opt(&desired.name).await? else {
+        return Ok(());
+    };
+    let live = serde_json::to_value(&live)?;
+    let want = serde_json::to_value(desired.build())?;
+    let mut patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": live["metadata"]["resourceVersion"],
+            "labels": merge_patch_to(&live["metadata"]["labels"], &want["metadata"]["labels"]),
+            "annotations": merge_patch_to(&live["metadata"]["annotations"], &want["metadata"]["annotations"]),
+            "ownerReferences": want["metadata"]["ownerReferences"],
+        }
+    });
+    if kind != "PersistentVolumeClaim" {
+        patch["spec"] = merge_patch_to(&live["spec"], &want["spec"]);
+    }
+    info!(%kind, name = %desired.name, "adopting an object pie-controller did not make (topolvm/pie's?)");
+    let params = PatchParams {
+        field_manager: Some(labels::MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&desired.name, &params, &Patch::Merge(&patch))
+        .await?;
+    api.patch(
+        &desired.name,
+        &params,
+        &Patch::Merge(serde_json::json!({"metadata": {"managedFields": [{}]}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The JSON merge patch (RFC 7386) that turns `live` into `want`: keys only `live` has are
+/// nulled, objects are patched key by key, anything else (arrays included) is replaced.
+pub fn merge_patch_to(live: &serde_json::Value, want: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (live, want) {
+        (Value::Object(live), Value::Object(want)) => {
+            let mut patch = serde_json::Map::new();
+            for key in live.keys().filter(|k| !want.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            for (key, value) in want {
+                let live_value = live.get(key).unwrap_or(&Value::Null);
+                if live_value != value {
+                    patch.insert(key.clone(), merge_patch_to(live_value, value));
+                }
+            }
+            Value::Object(patch)
+        }
+        (_, want) => want.clone(),
+    }
+}
+
 async fn delete_stale(
     ctx: &Context,
     probe: &PieProbe,
     ns: &str,
     desired: &DesiredNames,
-) -> Result<()> {
+) -> Vec<String> {
     let client = &ctx.client;
-    delete_stale_of(&ctx.stores.cron_jobs, client, probe, ns, &desired.cron_jobs).await?;
-    delete_stale_of(&ctx.stores.pvcs, client, probe, ns, &desired.pvcs).await
+    let mut failures = Vec::new();
+    if let Err(e) =
+        delete_stale_of(&ctx.stores.cron_jobs, client, probe, ns, &desired.cron_jobs).await
+    {
+        failures.push(format!("deleting stale CronJobs: {e}"));
+    }
+    if let Err(e) = delete_stale_of(&ctx.stores.pvcs, client, probe, ns, &desired.pvcs).await {
+        failures.push(format!("deleting stale PVCs: {e}"));
+    }
+    failures
 }
 
 /// Deletes the objects of one kind in `ns` that `probe` owns but no longer wants.

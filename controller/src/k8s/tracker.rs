@@ -39,29 +39,63 @@ pub const EVENT_NAMESPACES_EVERY: Duration = Duration::from_secs(5);
 /// Attempts per action (patch or delete) before it is given up and logged.
 pub const ACTION_ATTEMPTS: usize = 5;
 
+/// The probe Pods whose outcome is counted, by UID, while they exist: the results API accepts
+/// a probe's report only for these, so a probe Pod does not end before it is counted.
+#[derive(Debug, Default)]
+pub struct CountedPods(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl CountedPods {
+    /// Whether the Pod with UID `uid` is counted.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid)
+    }
+
+    fn update(&self, counted: Vec<String>, forgotten: Vec<String>) {
+        if counted.is_empty() && forgotten.is_empty() {
+            return;
+        }
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.extend(counted);
+        for uid in &forgotten {
+            set.remove(uid);
+        }
+    }
+
+    /// Forgets everything (a term of leadership ended).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// The machine plus where its output goes.
 #[derive(Debug)]
 pub struct Tracker {
     machine: Machine,
     pusher: Pusher,
+    counted: Arc<CountedPods>,
 }
 
 impl Tracker {
-    /// A tracker recording into `pusher`.
-    pub fn new(pusher: Pusher) -> Tracker {
+    /// A tracker recording into `pusher` and `counted`.
+    pub fn new(pusher: Pusher, counted: Arc<CountedPods>) -> Tracker {
         Tracker {
             machine: Machine::new(),
             pusher,
+            counted,
         }
     }
 
-    /// Feeds one observation: records its metric updates (queued for remote write at once)
-    /// and returns the actions to carry out.
+    /// Feeds one observation: records its metric updates (queued for remote write at once),
+    /// then which Pods are counted, and returns the actions to carry out.
     pub fn step(&mut self, observation: Observation, now_ms: i64) -> Vec<Action> {
         let out = self.machine.observe(observation, now_ms);
         if !out.updates.is_empty() {
             self.pusher.record(out.updates);
         }
+        self.counted.update(out.counted, out.forgotten);
         out.actions
     }
 
@@ -150,6 +184,7 @@ pub async fn run<I>(
     scopes: Vec<Option<String>>,
     index: Arc<I>,
     pusher: Pusher,
+    counted: Arc<CountedPods>,
     shutdown: impl Future<Output = ()>,
 ) where
     I: ProbeIndex + Send + Sync + 'static,
@@ -199,7 +234,7 @@ pub async fn run<I>(
     ))));
     drop(tx);
 
-    let mut tracker = Tracker::new(pusher);
+    let mut tracker = Tracker::new(pusher, counted);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);

@@ -37,7 +37,7 @@ fn late_pod() -> PodObs {
 #[test]
 fn a_step_records_its_updates_and_returns_its_actions() {
     let pusher = pusher();
-    let mut tracker = Tracker::new(pusher.clone());
+    let mut tracker = Tracker::new(pusher.clone(), Arc::default());
     let actions = tracker.step(Observation::Pod(late_pod()), 72_000);
     assert_eq!(
         actions,
@@ -228,11 +228,13 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
     index.thresholds.insert(("pie".into(), "p".into()), 1_500);
     let pusher = pusher();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let counted = Arc::new(CountedPods::default());
     let run = tokio::spawn(run(
         client,
         vec![None],
         Arc::new(index),
         pusher.clone(),
+        counted.clone(),
         async move {
             let _ = stopped.await;
         },
@@ -289,6 +291,10 @@ async fn a_probe_pod_that_never_starts_is_counted_with_its_event_reason() {
         ),
         Some(Value::Scalar(1.0)),
         "the Event's reason, not timeout"
+    );
+    assert!(
+        counted.contains("u1"),
+        "the results API learns that the Pod is counted"
     );
     assert_eq!(
         s.get(

@@ -26,6 +26,13 @@ pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER}")
 }
 
+/// Label selector of every probe CronJob and PVC, pie's and those topolvm/pie made (which carry
+/// its `pie-probe` label but not `app.kubernetes.io/managed-by`): the reconciler adopts the
+/// latter.
+pub fn probe_objects_selector() -> String {
+    pie_api::labels::LABEL_PIE_PROBE.to_owned()
+}
+
 /// Label selector of the provision probes' ephemeral PVCs.
 pub fn provision_pvc_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={COMPONENT_PROVISION}")
@@ -74,6 +81,7 @@ mod tests {
             managed_selector(),
             "app.kubernetes.io/managed-by=pie-controller"
         );
+        assert_eq!(probe_objects_selector(), "pie-probe");
         assert_eq!(
             provision_pvc_selector(),
             "app.kubernetes.io/managed-by=pie-controller,app.kubernetes.io/component=provision-probe"

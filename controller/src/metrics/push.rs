@@ -282,6 +282,9 @@ impl Pusher {
                 None
             }
         };
+        // What an earlier process of this controller pushed is older than anything this one
+        // pushes (see the store's docs).
+        store.set_floor(now_ms());
         Ok(Pusher { store, client })
     }
 
@@ -330,6 +333,12 @@ impl Pusher {
             }
         }
         stale.len()
+    }
+
+    /// Removes series for which `keep` is false without staleness markers: they go on
+    /// elsewhere (the next leader's), they did not end.
+    pub fn forget(&self, keep: impl FnMut(&Family, &[(&str, &str)]) -> bool) -> usize {
+        self.store.retain(now_ms(), keep).len()
     }
 
     /// Copies the remote-write client's self-metrics (with its disk buffer's, when it has

@@ -5,6 +5,15 @@
 //! periodic push re-sends [`Store::snapshot`]; `/metrics` encodes [`Store::families`].
 //! Timestamps of one series only ever increase, so remote write never drops a sample as out of
 //! order.
+//!
+//! Two things keep `increase()` right across restarts and leader changes, when another process
+//! pushed the same series before (pushed counters restart at 0):
+//! - a counter or histogram series born of an increment first pushes its 0, just before the
+//!   increment, so the reset shows (a new process whose first value equals the old process's last
+//!   one would otherwise look like no change at all);
+//! - no timestamp is older than the store's floor ([`Store::set_floor`]: when this process
+//!   started, or its term of leadership did), so its samples never interleave with the previous
+//!   writer's, even when an outcome is stamped with the (earlier) moment it was decidable.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -169,6 +178,7 @@ type Entries = BTreeMap<Vec<String>, Entry>;
 #[derive(Debug)]
 pub struct Store {
     families: Mutex<Vec<(&'static Family, Entries)>>,
+    floor_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Default for Store {
@@ -182,7 +192,19 @@ impl Store {
     pub fn new() -> Store {
         Store {
             families: Mutex::new(FAMILIES.iter().map(|f| (*f, Entries::new())).collect()),
+            floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// No sample pushed from now on is older than `floor_ms` (set it to when this process, or
+    /// its term as leader, began writing).
+    pub fn set_floor(&self, floor_ms: i64) {
+        self.floor_ms
+            .fetch_max(floor_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn floor(&self) -> i64 {
+        self.floor_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static Family, Entries)>> {
@@ -197,9 +219,10 @@ impl Store {
     ) -> (Vec<Point>, Vec<StoreError>) {
         let mut points = Vec::new();
         let mut errors = Vec::new();
+        let floor = self.floor();
         let mut families = self.lock();
         for update in updates {
-            if let Err(e) = apply_one(&mut families, update, &mut points) {
+            if let Err(e) = apply_one(&mut families, update, floor, &mut points) {
                 errors.push(e);
             }
         }
@@ -209,6 +232,7 @@ impl Store {
     /// Every series at `now_ms` (or just after its last timestamp), for the periodic re-send.
     pub fn snapshot(&self, now_ms: i64) -> Vec<Point> {
         let mut points = Vec::new();
+        let now_ms = now_ms.max(self.floor());
         for (_, entries) in self.lock().iter_mut() {
             for entry in entries.values_mut() {
                 entry.points(now_ms, &mut points);
@@ -306,6 +330,7 @@ fn check(update: &Update) -> Result<(), StoreError> {
 fn apply_one(
     families: &mut [(&'static Family, Entries)],
     update: Update,
+    floor_ms: i64,
     points: &mut Vec<Point>,
 ) -> Result<(), StoreError> {
     check(&update)?;
@@ -325,6 +350,11 @@ fn apply_one(
     let Some(entry) = entries.get_mut(&update.labels) else {
         return Ok(());
     };
+    let timestamp_ms = update.timestamp_ms.max(floor_ms.saturating_add(1));
+    if created && !matches!(update.op, Op::Ensure | Op::Set(_)) {
+        // A counter or histogram born of an increment: its 0 first (see the module docs).
+        entry.points(timestamp_ms - 1, points);
+    }
     match (&update.op, &mut entry.value) {
         (Op::Ensure, _) => {
             if !created {
@@ -353,7 +383,7 @@ fn apply_one(
         }
         _ => unreachable!("checked above"),
     }
-    entry.points(update.timestamp_ms, points);
+    entry.points(timestamp_ms, points);
     Ok(())
 }
 
@@ -375,11 +405,69 @@ mod tests {
             Update::new(&MOUNT_TOTAL, l.clone(), Op::Inc(1.0), 2000),
         ]);
         assert!(errors.is_empty());
-        assert_eq!(points.len(), 2);
-        assert_eq!(points[1].1, Sample::new(2.0, 2000));
+        // Born of an increment: its 0 first, then 1, then 2.
+        let samples: Vec<Sample> = points.iter().map(|(_, s)| *s).collect();
         assert_eq!(
-            points[1].0.to_string(),
+            samples,
+            [
+                Sample::new(0.0, 999),
+                Sample::new(1.0, 1000),
+                Sample::new(2.0, 2000)
+            ]
+        );
+        assert_eq!(
+            points[2].0.to_string(),
             r#"pie_mount_probe_total{node="n1",on_time="true",pie_probe_name="p",storage_class="sc"}"#
+        );
+    }
+
+    /// A restarted controller (or a new leader) continues series another process pushed: its
+    /// counters restart at 0. Its first increment must still count in `increase()`, which
+    /// needs the drop to 0 to show, and none of its samples may be older than its start, or
+    /// they would interleave with the old process's. The real API server showed both: late
+    /// probes decided right after a restart were stamped with the earlier moment they became
+    /// decidable, and went missing from VictoriaMetrics' counters.
+    #[test]
+    fn a_new_counter_shows_its_reset_and_never_goes_back_before_the_floor() {
+        let store = Store::new();
+        store.set_floor(10_000);
+        let l = labels(&["p", "n1", "sc", "false"]);
+        // Decidable at 8 s (before this process started at 10 s), decided now.
+        let (points, _) = store.apply([Update::new(&MOUNT_TOTAL, l.clone(), Op::Inc(1.0), 8_000)]);
+        let samples: Vec<Sample> = points.iter().map(|(_, s)| *s).collect();
+        assert_eq!(
+            samples,
+            [Sample::new(0.0, 10_000), Sample::new(1.0, 10_001)]
+        );
+        // Histograms alike.
+        let (points, _) = store.apply([Update::new(
+            &START_DURATION,
+            labels(&["p", "n1", "sc", "mount"]),
+            Op::Observe(2.0),
+            9_000,
+        )]);
+        let count: Vec<Sample> = points
+            .iter()
+            .filter(|(s, _)| {
+                s.to_string()
+                    .starts_with("pie_probe_start_duration_seconds_count")
+            })
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(count, [Sample::new(0.0, 10_000), Sample::new(1.0, 10_001)]);
+        // Gauges have no reset to show; Ensure pushes its 0 once.
+        let (points, _) = store.apply([Update::new(
+            &WRITE_LATENCY,
+            labels(&["p", "n1", "sc"]),
+            Op::Set(0.5),
+            12_000,
+        )]);
+        assert_eq!(points.len(), 1);
+        assert!(
+            store
+                .snapshot(5_000)
+                .iter()
+                .all(|(_, s)| s.timestamp_ms >= 10_000)
         );
     }
 

@@ -7,8 +7,9 @@
 //! threshold`, is `on_time="false"` (counted once) and the Job is deleted; otherwise `true`.
 //! A Pod is counted exactly once: the outcome asks for the Pod to be marked counted
 //! ([`Action::MarkCounted`], an annotation), and a Pod seen with that mark is never counted again,
-//! also after a restart. Probes of ineligible nodes are not failures: their Pod is marked and its
-//! Job deleted, but nothing is counted.
+//! also after a restart. Probes that could not run are not failures (a mount probe of an
+//! ineligible node, a provision probe of a PieProbe none of whose nodes is eligible): their Pod is
+//! marked and its Job deleted, but nothing is counted.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -66,7 +67,8 @@ pub struct PodObs {
     pub waiting_reason: Option<String>,
     /// Names of the PVCs the Pod uses (for Events about them).
     pub pvcs: Vec<String>,
-    /// The node can run mount probes (always true for provision probes).
+    /// A mount probe's node can run probes; for a provision probe, some node of its PieProbe
+    /// can. A late probe that could not run is not a failure.
     pub node_eligible: bool,
 }
 
@@ -187,11 +189,16 @@ pub struct Output {
     pub updates: Vec<Update>,
     /// Kubernetes actions.
     pub actions: Vec<Action>,
+    /// UIDs of probe Pods whose outcome is counted from now on (decided now, or seen marked).
+    pub counted: Vec<String>,
+    /// UIDs of probe Pods no longer tracked (gone).
+    pub forgotten: Vec<String>,
 }
 
 /// Reasons a probe did not start on time.
-pub const REASONS: [&str; 6] = [
+pub const REASONS: [&str; 7] = [
     "FailedScheduling",
+    "ExternalProvisioning",
     "FailedAttachVolume",
     "FailedMount",
     "ProvisioningFailed",
@@ -203,6 +210,9 @@ pub const REASONS: [&str; 6] = [
 pub fn event_reason(reason: &str, message: &str) -> Option<&'static str> {
     match reason {
         "FailedScheduling" => Some("FailedScheduling"),
+        // The claim still waits for its (external) provisioner: one that does not exist, or
+        // does not answer.
+        "ExternalProvisioning" => Some("ExternalProvisioning"),
         "FailedAttachVolume" => Some("FailedAttachVolume"),
         "FailedMount" => Some("FailedMount"),
         "ProvisioningFailed" => Some("ProvisioningFailed"),
@@ -212,6 +222,25 @@ pub fn event_reason(reason: &str, message: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// How telling a reason is. A probe Pod that waits for its volume sees the scheduler's
+/// `FailedScheduling` ("waiting for the ephemeral volume controller", "unbound immediate
+/// PersistentVolumeClaims") and the claim's `ExternalProvisioning` again and again while the
+/// cause is elsewhere; so a failure (`ProvisioningFailed`, `FailedAttachVolume`, `FailedMount`,
+/// `ImagePull`) outranks waiting, and waiting for the provisioner outranks waiting to be
+/// scheduled. Within one rank the latest Event wins.
+fn rank(reason: &str) -> u8 {
+    match reason {
+        "FailedScheduling" => 0,
+        "ExternalProvisioning" => 1,
+        _ => 2,
+    }
+}
+
+/// Whether `new` (time, reason) explains a Pod better than `old`.
+fn explains_better(new: (i64, &'static str), old: Option<(i64, &'static str)>) -> bool {
+    old.is_none_or(|old| (rank(new.1), new.0) >= (rank(old.1), old.0))
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +289,7 @@ impl Machine {
         match observation {
             Observation::Pod(pod) => self.pod(pod, now_ms, &mut out),
             Observation::PodGone { uid } => {
+                out.forgotten.push(uid.clone());
                 if let Some(mut t) = self.pods.remove(&uid)
                     && !t.done
                     && now_ms - t.pod.created_ms >= t.pod.threshold_ms
@@ -297,7 +327,9 @@ impl Machine {
                 .max_by_key(|(t, _)| *t)
         };
         // The UID lives only in the map key (memory per tracked Pod).
-        let t = match self.pods.entry(std::mem::take(&mut pod.uid)) {
+        let uid = std::mem::take(&mut pod.uid);
+        let mut was_done = false;
+        let t = match self.pods.entry(uid.clone()) {
             Entry::Vacant(slot) => slot.insert(Tracked {
                 done: pod.counted,
                 pod,
@@ -305,6 +337,7 @@ impl Machine {
             }),
             Entry::Occupied(slot) => {
                 let t = slot.into_mut();
+                was_done = t.done;
                 // Never let an older observation undo what is known (out-of-order updates).
                 let started = t.pod.started_ms.or(pod.started_ms);
                 let node = if pod.node.is_empty() {
@@ -322,11 +355,14 @@ impl Machine {
                 t
             }
         };
-        if early.is_some_and(|e| t.reason.is_none_or(|r| e.0 > r.0)) {
-            t.reason = early;
+        if let Some(e) = early
+            && explains_better(e, t.reason)
+        {
+            t.reason = Some(e);
         }
         if let Some(w) = t.pod.waiting_reason.as_deref()
             && let Some(r) = event_reason(w, "")
+            && explains_better((now_ms, r), t.reason)
         {
             t.reason = Some((now_ms, r));
         }
@@ -334,6 +370,9 @@ impl Machine {
             && (t.pod.started_ms.is_some() || now_ms - t.pod.created_ms >= t.pod.threshold_ms)
         {
             decide(t, now_ms, out);
+        }
+        if t.done && !was_done {
+            out.counted.push(uid);
         }
     }
 
@@ -350,7 +389,7 @@ impl Machine {
             };
             if about && t.pod.namespace == e.namespace {
                 matched = true;
-                if t.reason.is_none_or(|(time, _)| e.time_ms >= time) {
+                if explains_better((e.time_ms, reason), t.reason) {
                     t.reason = Some((e.time_ms, reason));
                 }
             }
@@ -358,16 +397,17 @@ impl Machine {
         if !matched {
             let key = (e.namespace, e.involved_name);
             let slot = self.early.entry(key).or_insert((e.time_ms, reason));
-            if e.time_ms >= slot.0 {
+            if explains_better((e.time_ms, reason), Some(*slot)) {
                 *slot = (e.time_ms, reason);
             }
         }
     }
 
     fn check_thresholds(&mut self, now_ms: i64, out: &mut Output) {
-        for t in self.pods.values_mut() {
+        for (uid, t) in &mut self.pods {
             if !t.done && now_ms - t.pod.created_ms >= t.pod.threshold_ms {
                 decide(t, now_ms, out);
+                out.counted.push(uid.clone());
             }
         }
         for v in self.volumes.values_mut() {
@@ -479,8 +519,9 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
             job: job.clone(),
         });
     }
-    if p.kind == ProbeKind::Mount && !p.node_eligible && !on_time {
-        // The node became ineligible: not a failure.
+    if !p.node_eligible && !on_time {
+        // Its node (for a provision probe: every node it may run on) became ineligible: not a
+        // failure.
         return;
     }
     let started_after_ms = p.started_ms.map(|s| s - p.created_ms);

@@ -153,6 +153,123 @@ fn table() {
             actions: vec![mark(), delete_job()],
         },
         Case {
+            name: "waiting for a provisioner that never answers outranks the scheduler's waiting",
+            steps: vec![
+                (mount(pod(m)), C + 100),
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedScheduling",
+                        "waiting for the ephemeral volume controller",
+                        C + 200,
+                    ),
+                    C + 200,
+                ),
+                (
+                    event(
+                        "PersistentVolumeClaim",
+                        "pvc-1",
+                        "ExternalProvisioning",
+                        "Waiting for a volume to be created by the external provisioner",
+                        C + 1_000,
+                    ),
+                    C + 1_000,
+                ),
+                // Later, the scheduler says it again: still the provisioner's fault.
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedScheduling",
+                        "running PreBind plugin VolumeBinding",
+                        C + 8_000,
+                    ),
+                    C + 8_000,
+                ),
+                (Observation::Tick, C + T),
+            ],
+            series: vec![
+                "pie_mount_probe_total{p,n1,sc,false}=1",
+                "pie_probe_failures_total{p,n1,sc,mount,ExternalProvisioning}=1",
+            ],
+            actions: vec![mark(), delete_job()],
+        },
+        Case {
+            name: "a provisioning failure outranks the waiting Events around it",
+            steps: vec![
+                (mount(pod(m)), C + 100),
+                (
+                    event(
+                        "PersistentVolumeClaim",
+                        "pvc-1",
+                        "ProvisioningFailed",
+                        "backend full",
+                        C + 2_000,
+                    ),
+                    C + 2_000,
+                ),
+                (
+                    event(
+                        "PersistentVolumeClaim",
+                        "pvc-1",
+                        "ExternalProvisioning",
+                        "Waiting for a volume",
+                        C + 3_000,
+                    ),
+                    C + 3_000,
+                ),
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedScheduling",
+                        "unbound PersistentVolumeClaims",
+                        C + 4_000,
+                    ),
+                    C + 4_000,
+                ),
+                (Observation::Tick, C + T),
+            ],
+            series: vec![
+                "pie_mount_probe_total{p,n1,sc,false}=1",
+                "pie_probe_failures_total{p,n1,sc,mount,ProvisioningFailed}=1",
+            ],
+            actions: vec![mark(), delete_job()],
+        },
+        Case {
+            name: "among failures, the latest wins (a mount failure after a healed provisioning one)",
+            steps: vec![
+                (mount(pod(m)), C + 100),
+                (
+                    event(
+                        "PersistentVolumeClaim",
+                        "pvc-1",
+                        "ProvisioningFailed",
+                        "transient",
+                        C + 1_000,
+                    ),
+                    C + 1_000,
+                ),
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedMount",
+                        "MountVolume.SetUp failed",
+                        C + 5_000,
+                    ),
+                    C + 5_000,
+                ),
+                (Observation::Tick, C + T),
+            ],
+            series: vec![
+                "pie_mount_probe_total{p,n1,sc,false}=1",
+                "pie_probe_failures_total{p,n1,sc,mount,FailedMount}=1",
+            ],
+            actions: vec![mark(), delete_job()],
+        },
+        Case {
             name: "image pull failure from the container status",
             steps: vec![
                 (
@@ -353,6 +470,60 @@ fn table() {
             series: vec![],
             actions: vec![mark(), delete_job()],
         },
+        Case {
+            name: "provision probe while no node of its PieProbe is eligible: no failure",
+            steps: vec![
+                (
+                    mount(PodObs {
+                        node_eligible: false,
+                        node: String::new(),
+                        ..pod(ProbeKind::Provision)
+                    }),
+                    C,
+                ),
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedScheduling",
+                        "0/3 nodes are available",
+                        C + 1_000,
+                    ),
+                    C + 1_000,
+                ),
+                (Observation::Tick, C + T),
+            ],
+            series: vec![],
+            actions: vec![mark(), delete_job()],
+        },
+        Case {
+            name: "provision probe that cannot be scheduled while nodes are eligible: a failure",
+            steps: vec![
+                (
+                    mount(PodObs {
+                        node: String::new(),
+                        ..pod(ProbeKind::Provision)
+                    }),
+                    C,
+                ),
+                (
+                    event(
+                        "Pod",
+                        "mount-x-123",
+                        "FailedScheduling",
+                        "node(s) did not have enough free storage",
+                        C + 1_000,
+                    ),
+                    C + 1_000,
+                ),
+                (Observation::Tick, C + T),
+            ],
+            series: vec![
+                "pie_probe_failures_total{p,,sc,provision,FailedScheduling}=1",
+                "pie_provision_probe_total{p,sc,false}=1",
+            ],
+            actions: vec![mark(), delete_job()],
+        },
     ];
     for case in cases {
         let (series, actions) = run(&mut Machine::new(), case.steps);
@@ -458,6 +629,7 @@ fn reasons_map_to_the_documented_set() {
         ("FailedAttachVolume", "", Some("FailedAttachVolume")),
         ("FailedMount", "", Some("FailedMount")),
         ("ProvisioningFailed", "", Some("ProvisioningFailed")),
+        ("ExternalProvisioning", "", Some("ExternalProvisioning")),
         ("ErrImagePull", "", Some("ImagePull")),
         ("BackOff", "Back-off pulling image \"x\"", Some("ImagePull")),
         ("BackOff", "Back-off restarting failed container", None),

@@ -30,6 +30,9 @@ pub trait ProbeIndex {
     /// Whether `node` is an eligible mount-probe node of PieProbe `namespace/name` for
     /// `storage_class` (false when the plan no longer selects it).
     fn node_eligible(&self, namespace: &str, name: &str, node: &str, storage_class: &str) -> bool;
+    /// Whether PieProbe `namespace/name`'s provision probe can run: some node it selects is
+    /// eligible (true when unknown).
+    fn provision_runnable(&self, namespace: &str, name: &str) -> bool;
     /// The namespaces holding PieProbes (whose Events are watched).
     fn namespaces(&self) -> std::collections::BTreeSet<String>;
 }
@@ -112,7 +115,7 @@ pub fn pod(pod: &Pod, index: &impl ProbeIndex) -> Option<PodObs> {
         })
         .collect();
     let node_eligible = match kind {
-        ProbeKind::Provision => true,
+        ProbeKind::Provision => index.provision_runnable(namespace, pie_probe_name),
         ProbeKind::Mount => index.node_eligible(namespace, pie_probe_name, &node, storage_class),
     };
     Some(PodObs {

@@ -99,6 +99,9 @@ pub struct Plan {
     probe: PieProbe,
     config: Config,
     provision: bool,
+    /// No selected node is eligible: the provision CronJob is suspended (its Pods could not be
+    /// scheduled, which says nothing about storage).
+    provision_suspend: bool,
     mounts: Vec<MountProbe>,
     /// sha1 of everything the objects are built from except the node and suspend flag.
     inputs: [u8; 20],
@@ -195,8 +198,18 @@ impl Plan {
     pub fn desired_cron_jobs(&self) -> impl Iterator<Item = Desired<'_, CronJob>> + '_ {
         let provision = self.provision.then(|| Desired {
             name: names::provision_cronjob(self.name(), self.storage_class()),
-            hash: self.hash("provision-cronjob", None, false),
-            build: Box::new(|| objects::provision_cron_job(&self.probe, &self.config)),
+            hash: self.hash(
+                if self.provision_suspend {
+                    "provision-cronjob-suspended"
+                } else {
+                    "provision-cronjob"
+                },
+                None,
+                false,
+            ),
+            build: Box::new(|| {
+                objects::provision_cron_job(&self.probe, self.provision_suspend, &self.config)
+            }),
         });
         provision
             .into_iter()
@@ -237,6 +250,11 @@ impl Plan {
     /// How many PVCs the plan has.
     pub fn pvc_count(&self) -> usize {
         self.mounts.len()
+    }
+
+    /// Whether the provision probe runs: it is enabled and some selected node is eligible.
+    pub fn provision_runnable(&self) -> bool {
+        self.provision && !self.provision_suspend
     }
 
     /// The mount probes, by node name.
@@ -330,17 +348,6 @@ pub fn plan<N: Borrow<Node>>(
             spec.monitoring_storage_class.clone(),
         ));
     }
-    let mut plan = Plan {
-        probe: probe.clone(),
-        config: config.clone(),
-        provision: !spec.disable_provision_probe,
-        mounts: Vec::new(),
-        inputs: inputs_hash(probe, config),
-        nodes: Vec::new(),
-    };
-    if spec.disable_mount_probes {
-        return Ok(plan);
-    }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     let mut selected: Vec<(&str, &Node)> = nodes
         .iter()
@@ -350,12 +357,27 @@ pub fn plan<N: Borrow<Node>>(
         .collect();
     selected.sort_unstable_by_key(|(name, _)| *name);
     selected.dedup_by_key(|(name, _)| *name);
+    let eligibility: Vec<Option<Ineligible>> = selected
+        .iter()
+        .map(|(_, node)| eligibility::check(node, tolerations).err())
+        .collect();
+    let mut plan = Plan {
+        probe: probe.clone(),
+        config: config.clone(),
+        provision: !spec.disable_provision_probe,
+        provision_suspend: !eligibility.iter().any(Option::is_none),
+        mounts: Vec::new(),
+        inputs: inputs_hash(probe, config),
+        nodes: Vec::new(),
+    };
+    if spec.disable_mount_probes {
+        return Ok(plan);
+    }
     plan.mounts.reserve(selected.len());
     plan.nodes.reserve(selected.len());
     let pie_probe = probe.meta().name.clone().unwrap_or_default();
     let namespace = probe.meta().namespace.clone().unwrap_or_default();
-    for (name, node) in selected {
-        let ineligible = eligibility::check(node, tolerations).err();
+    for ((name, _), ineligible) in selected.into_iter().zip(eligibility) {
         plan.mounts.push(MountProbe {
             node: name.to_owned(),
             suspend: ineligible.is_some(),

@@ -32,6 +32,62 @@ pub fn selects_all(selector: Option<&NodeSelector>) -> bool {
     selector.is_none_or(|s| s.node_selector_terms.is_empty())
 }
 
+/// `selector` as a Pod's required node affinity. The API server accepts a `matchFields`
+/// requirement on `metadata.name` in a Pod only with exactly one value, while a PieProbe's node
+/// selector (like a NodeSelector elsewhere) may list several: `In [a, b]` becomes one term per
+/// value (terms are ORed, each keeping the term's other requirements), `NotIn [a, b]` one
+/// requirement per value in the same term (requirements are ANDed). Everything else is kept as
+/// it is, so the Pod selects exactly the nodes [`matches`] selects.
+pub fn pod_affinity(selector: &NodeSelector) -> NodeSelector {
+    let mut terms = Vec::new();
+    for term in &selector.node_selector_terms {
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        // The field requirements, one value each; an `In` with several values multiplies the
+        // term.
+        let mut variants: Vec<Vec<NodeSelectorRequirement>> = vec![Vec::new()];
+        for req in fields {
+            let values = req.values.as_deref().unwrap_or_default();
+            let single = |value: &String| NodeSelectorRequirement {
+                values: Some(vec![value.clone()]),
+                ..req.clone()
+            };
+            match req.operator.as_str() {
+                "In" if values.len() > 1 => {
+                    variants = variants
+                        .into_iter()
+                        .flat_map(|v| {
+                            values.iter().map(move |value| {
+                                let mut v = v.clone();
+                                v.push(single(value));
+                                v
+                            })
+                        })
+                        .collect();
+                }
+                "NotIn" if values.len() > 1 => {
+                    for v in &mut variants {
+                        v.extend(values.iter().map(single));
+                    }
+                }
+                _ => {
+                    for v in &mut variants {
+                        v.push(req.clone());
+                    }
+                }
+            }
+        }
+        for fields in variants {
+            terms.push(NodeSelectorTerm {
+                match_expressions: term.match_expressions.clone(),
+                match_fields: (!fields.is_empty()).then_some(fields),
+            });
+        }
+    }
+    NodeSelector {
+        node_selector_terms: terms,
+    }
+}
+
 fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
@@ -205,5 +261,57 @@ mod tests {
         // An empty term matches nothing, and does not make the selector match everything.
         assert!(!matches(Some(&sel(vec![term(vec![], vec![])])), &node));
         assert!(!selects_all(Some(&sel(vec![term(vec![], vec![])]))));
+    }
+
+    #[test]
+    fn pod_affinity_has_one_value_per_field_requirement_and_selects_the_same_nodes() {
+        let nodes: Vec<Node> = ["a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                NodeBuilder::new(n)
+                    .label("zone", if i % 2 == 0 { "x" } else { "y" })
+                    .build()
+            })
+            .collect();
+        let selectors = [
+            // What the API server refuses in a Pod: several names in one requirement.
+            sel(vec![term(
+                vec![],
+                vec![req("metadata.name", "In", &["a", "b", "c"])],
+            )]),
+            sel(vec![term(
+                vec![req("zone", "In", &["x"])],
+                vec![req("metadata.name", "In", &["a", "b", "c"])],
+            )]),
+            sel(vec![term(
+                vec![req("zone", "Exists", &[])],
+                vec![req("metadata.name", "NotIn", &["a", "d"])],
+            )]),
+            sel(vec![
+                term(vec![], vec![req("metadata.name", "In", &["a", "b"])]),
+                term(vec![req("zone", "In", &["y"])], vec![]),
+            ]),
+            sel(vec![term(vec![], vec![req("metadata.name", "In", &["b"])])]),
+        ];
+        for selector in &selectors {
+            let affinity = pod_affinity(selector);
+            for t in &affinity.node_selector_terms {
+                for f in t.match_fields.iter().flatten() {
+                    assert_eq!(f.values.as_ref().map(Vec::len), Some(1), "{affinity:?}");
+                }
+            }
+            for n in &nodes {
+                assert_eq!(
+                    matches(Some(&affinity), n),
+                    matches(Some(selector), n),
+                    "{selector:?} -> {affinity:?} on {:?}",
+                    n.metadata.name
+                );
+            }
+        }
+        // A selector without field requirements stays as it is.
+        let plain = sel(vec![term(vec![req("zone", "In", &["x"])], vec![])]);
+        assert_eq!(pod_affinity(&plain), plain);
     }
 }

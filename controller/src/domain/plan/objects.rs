@@ -230,8 +230,10 @@ fn probe_name(probe: &PieProbe) -> &str {
 }
 
 /// The provision probe CronJob: a Pod with a generic ephemeral volume of the StorageClass,
-/// scheduled by the PieProbe's node selector, that exits 0 once the volume is mounted.
-pub fn provision_cron_job(probe: &PieProbe, config: &Config) -> CronJob {
+/// scheduled by the PieProbe's node selector, that checks the volume, reports its start and
+/// exits 0 once the controller has counted it; `suspend` while none of the selected nodes is
+/// eligible.
+pub fn provision_cron_job(probe: &PieProbe, suspend: bool, config: &Config) -> CronJob {
     let name = probe_name(probe);
     let sc = &probe.spec.monitoring_storage_class;
     let labels = labels(name, sc, None);
@@ -254,17 +256,34 @@ pub fn provision_cron_job(probe: &PieProbe, config: &Config) -> CronJob {
                 required_during_scheduling_ignored_during_execution: probe
                     .spec
                     .node_selector
-                    .clone(),
+                    .as_ref()
+                    .map(node_selector::pod_affinity),
                 ..Default::default()
             }),
             ..Default::default()
         });
-    let args = vec!["provision-probe".into(), "--path".into(), MOUNT_PATH.into()];
+    // The probe reports its start and waits until the controller has counted it, so a Pod
+    // that runs while no controller leads is not missed.
+    let args = [
+        "provision-probe",
+        "--path",
+        MOUNT_PATH,
+        "--controller-url",
+        &config.controller_url,
+        "--pie-probe-name",
+        name,
+        "--storage-class",
+        sc,
+        "--token-file",
+        TOKEN_PATH,
+    ]
+    .map(String::from)
+    .to_vec();
     let pod = pod_spec(
         probe,
         config,
-        container(probe, config, args, false),
-        vec![volume],
+        container(probe, config, args, true),
+        vec![volume, token_volume()],
         affinity,
     );
     cron_job(
@@ -272,7 +291,7 @@ pub fn provision_cron_job(probe: &PieProbe, config: &Config) -> CronJob {
         names::provision_cronjob(name, sc),
         labels,
         names::schedule(name, sc, "", period(probe)),
-        false,
+        suspend,
         pod,
     )
 }
@@ -306,21 +325,7 @@ pub fn mount_cron_job(probe: &PieProbe, node: &str, suspend: bool, config: &Conf
             }),
             ..Default::default()
         },
-        Volume {
-            name: "pie-token".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(TOKEN_AUDIENCE.into()),
-                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                        path: "token".into(),
-                    }),
-                    ..Default::default()
-                }]),
-                default_mode: None,
-            }),
-            ..Default::default()
-        },
+        token_volume(),
     ];
     let affinity = Affinity {
         node_affinity: Some(NodeAffinity {
@@ -370,6 +375,26 @@ pub fn mount_cron_job(probe: &PieProbe, node: &str, suspend: bool, config: &Conf
         suspend,
         pod,
     )
+}
+
+/// The projected ServiceAccount token (audience [`TOKEN_AUDIENCE`]) a probe presents to the
+/// controller, at [`TOKEN_PATH`].
+fn token_volume() -> Volume {
+    Volume {
+        name: "pie-token".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.into()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            default_mode: None,
+        }),
+        ..Default::default()
+    }
 }
 
 fn period(probe: &PieProbe) -> u32 {

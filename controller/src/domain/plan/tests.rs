@@ -254,7 +254,8 @@ fn provision_cron_job_content() {
         .selector_in("role", &["compute"])
         .spec(|s| s.pvc_capacity = Quantity("1Gi".into()))
         .build();
-    let cj = objects::provision_cron_job(&probe, &config());
+    let cj = objects::provision_cron_job(&probe, false, &config());
+    assert_eq!(cj.spec.as_ref().unwrap().suspend, Some(false));
     assert_eq!(
         cj.metadata.name.as_deref(),
         Some(names::provision_cronjob("probe", "standard").as_str())
@@ -297,16 +298,124 @@ fn provision_cron_job_content() {
     );
     assert_eq!(
         pod.containers[0].args.as_deref().unwrap(),
-        ["provision-probe", "--path", "/mounted"]
+        [
+            "provision-probe",
+            "--path",
+            "/mounted",
+            "--controller-url",
+            &config().controller_url,
+            "--pie-probe-name",
+            "probe",
+            "--storage-class",
+            "standard",
+            "--token-file",
+            "/var/run/secrets/pie/token"
+        ]
+    );
+    // The token it reports with, mounted like the mount probes'.
+    assert!(
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "pie-token" && v.projected.is_some())
     );
     assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(1001));
     // Without a selector the provision Pod may run anywhere: no affinity at all.
     let anywhere = objects::provision_cron_job(
         &PieProbeBuilder::new("probe", "standard").build(),
+        true,
         &config(),
     );
     assert!(pod_labels(&anywhere).contains_key("pie-probe"));
     assert!(self::pod(&anywhere).affinity.is_none());
+    assert_eq!(anywhere.spec.as_ref().unwrap().suspend, Some(true));
+
+    // A selector listing node names: the API server takes a Pod's `matchFields` on
+    // metadata.name with one value only ("must be only one value when `operator` is 'In' or
+    // 'NotIn' for node field selector"), so the Pod gets one term per name. Copying the
+    // selector, as this test once asserted, made the real API server refuse the CronJob.
+    let by_name = PieProbeBuilder::new("probe", "standard")
+        .spec(|s| {
+            s.node_selector = Some(
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelectorTerms": [{"matchFields": [
+                        {"key": "metadata.name", "operator": "In", "values": ["n1", "n2"]}]}]
+                }))
+                .unwrap(),
+            )
+        })
+        .build();
+    let cj = objects::provision_cron_job(&by_name, false, &config());
+    let required = self::pod(&cj)
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .clone()
+        })
+        .unwrap();
+    let names: Vec<Vec<String>> = required
+        .node_selector_terms
+        .iter()
+        .map(|t| {
+            t.match_fields
+                .iter()
+                .flatten()
+                .flat_map(|f| f.values.clone().unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    assert_eq!(names, [["n1"], ["n2"]]);
+}
+
+#[test]
+fn the_provision_probe_is_suspended_while_no_selected_node_is_eligible() {
+    let probe = PieProbeBuilder::new("probe", "standard")
+        .selector_in("role", &["compute"])
+        .build();
+    let compute = |name: &str| NodeBuilder::new(name).label("role", "compute");
+    let all_down = [
+        compute("n1").ready(false).build(),
+        compute("n2").unschedulable().build(),
+        NodeBuilder::new("other").build(),
+    ];
+    let down = plan(&probe, &all_down, true, &config()).unwrap();
+    assert!(!down.provision_runnable());
+    let cron_jobs = down.cron_jobs();
+    let provision = cron_jobs
+        .iter()
+        .find(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .unwrap()
+                .starts_with("provision-")
+        })
+        .unwrap();
+    assert_eq!(provision.spec.as_ref().unwrap().suspend, Some(true));
+    // One eligible node is enough; the suspension changes the desired hash, so it is applied.
+    let one_up = [compute("n1").build(), compute("n2").unschedulable().build()];
+    let running = plan(&probe, &one_up, true, &config()).unwrap();
+    assert!(running.provision_runnable());
+    let hash = |p: &Plan| {
+        p.desired_cron_jobs()
+            .find(|d| d.name.starts_with("provision-"))
+            .unwrap()
+            .hash
+    };
+    assert_ne!(hash(&down), hash(&running));
+    // With mount probes disabled the provision probe still follows the nodes.
+    let no_mounts = PieProbeBuilder::new("probe", "standard")
+        .selector_in("role", &["compute"])
+        .spec(|s| s.disable_mount_probes = true)
+        .build();
+    assert!(
+        !plan(&no_mounts, &all_down, true, &config())
+            .unwrap()
+            .provision_runnable()
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `run` mode: the bearer token is the probe Pod's projected ServiceAccount token (audience
 //! `pie-controller`). A TokenReview says whose it is and which Pod it is bound to; that Pod must
-//! be a mount-probe Pod of pie-controller, and its triple (PieProbe, node it runs on,
-//! StorageClass) is the only one it may report for. Answers are cached briefly per token.
+//! be a probe Pod of pie-controller: a mount probe's triple (PieProbe, node it runs on,
+//! StorageClass) is the only one it may report results for, a provision probe may report only
+//! its own start. Answers are cached briefly per token.
 
 use pie_api::labels;
 use std::collections::HashMap;
@@ -114,12 +115,32 @@ impl TokenReviewAuth {
                 "Pod {namespace}/{pod_name} was replaced"
             )));
         }
-        probe_key(&pod).map(Identity::Probe).ok_or_else(|| {
+        probe_identity(&pod, pod_uid).ok_or_else(|| {
             AuthError::Forbidden(format!(
-                "Pod {namespace}/{pod_name} is not a mount probe of pie-controller"
+                "Pod {namespace}/{pod_name} is not a probe Pod of pie-controller"
             ))
         })
     }
+}
+
+/// Who a probe Pod is: a mount probe with its triple, or a provision probe with its PieProbe
+/// and StorageClass (from its labels); `None` for any other Pod.
+pub fn probe_identity(pod: &Pod, pod_uid: String) -> Option<Identity> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let label = |k: &str| labels.get(k).map(String::as_str);
+    if label(labels::LABEL_MANAGED_BY) == Some(labels::MANAGER)
+        && label(labels::LABEL_COMPONENT) == Some(labels::COMPONENT_PROVISION)
+    {
+        return Some(Identity::ProvisionProbe {
+            pie_probe_name: label(labels::LABEL_PIE_PROBE)?.to_owned(),
+            storage_class: label(labels::LABEL_STORAGE_CLASS)?.to_owned(),
+            pod_uid,
+        });
+    }
+    Some(Identity::Probe {
+        key: probe_key(pod)?,
+        pod_uid,
+    })
 }
 
 /// The triple a mount-probe Pod may report for: its labels, and the node it actually runs on.
@@ -246,11 +267,14 @@ mod tests {
         });
         let identity = auth.authenticate(Some("tok-a")).await;
         let _server = api.await.unwrap();
-        let want = Identity::Probe(ProbeKey {
-            pie_probe_name: "test-pie-probe".into(),
-            node: "node-a".into(),
-            storage_class: "topolvm-provisioner".into(),
-        });
+        let want = Identity::Probe {
+            key: ProbeKey {
+                pie_probe_name: "test-pie-probe".into(),
+                node: "node-a".into(),
+                storage_class: "topolvm-provisioner".into(),
+            },
+            pod_uid: "u1".into(),
+        };
         assert_eq!(identity, Ok(want.clone()));
         // Cached: no second request (the verifier would time out or the client would fail).
         assert_eq!(auth.authenticate(Some("tok-a")).await, Ok(want));
@@ -300,5 +324,30 @@ mod tests {
             auth.authenticate(Some("later")).await,
             Err(AuthError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn a_provision_probe_pod_is_who_its_labels_say() {
+        let mut p: Pod = serde_json::from_value(pod("provision-a-1", "u9", "", "node-a")).unwrap();
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.insert(
+            "app.kubernetes.io/component".into(),
+            "provision-probe".into(),
+        );
+        labels.remove("node");
+        assert_eq!(
+            probe_identity(&p, "u9".into()),
+            Some(Identity::ProvisionProbe {
+                pie_probe_name: "test-pie-probe".into(),
+                storage_class: "topolvm-provisioner".into(),
+                pod_uid: "u9".into(),
+            })
+        );
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/managed-by");
+        assert_eq!(probe_identity(&p, "u9".into()), None, "not pie's");
     }
 }

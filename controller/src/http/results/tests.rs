@@ -9,13 +9,17 @@ use crate::http::auth::{Identity, SharedToken};
 use crate::metrics::catalogue;
 use crate::metrics::store::{Store, Value};
 
-/// A fixed set of probes.
+/// A fixed set of probes; every probe Pod is counted but `uid-not-yet`.
 #[derive(Debug, Clone, Default)]
 struct FixedTargets(std::collections::BTreeSet<ProbeKey>);
 
 impl Targets for FixedTargets {
     fn contains(&self, triple: &ProbeKey) -> bool {
         self.0.contains(triple)
+    }
+
+    fn counted(&self, pod_uid: &str) -> bool {
+        pod_uid != "uid-not-yet"
     }
 }
 
@@ -51,6 +55,21 @@ fn triple(node: &str) -> ProbeKey {
     }
 }
 
+fn mount_pod(node: &str, uid: &str) -> Identity {
+    Identity::Probe {
+        key: triple(node),
+        pod_uid: uid.into(),
+    }
+}
+
+fn provision_pod(probe: &str, uid: &str) -> Identity {
+    Identity::ProvisionProbe {
+        pie_probe_name: probe.into(),
+        storage_class: "topolvm-provisioner".into(),
+        pod_uid: uid.into(),
+    }
+}
+
 fn receiver(auth: Arc<dyn Authenticator>) -> (Router, Arc<Store>) {
     let store = Arc::new(Store::new());
     let targets = FixedTargets([triple("node-a"), triple("node-b")].into());
@@ -65,8 +84,15 @@ fn receiver(auth: Arc<dyn Authenticator>) -> (Router, Arc<Store>) {
 fn node_tokens() -> Arc<dyn Authenticator> {
     Arc::new(Tokens(
         [
-            ("token-a", Identity::Probe(triple("node-a"))),
-            ("token-b", Identity::Probe(triple("node-b"))),
+            ("token-a", mount_pod("node-a", "uid-a")),
+            ("token-b", mount_pod("node-b", "uid-b")),
+            ("token-a-not-yet", mount_pod("node-a", "uid-not-yet")),
+            ("provision", provision_pod("test-pie-probe", "uid-p")),
+            (
+                "provision-not-yet",
+                provision_pod("test-pie-probe", "uid-not-yet"),
+            ),
+            ("provision-of-other", provision_pod("other-probe", "uid-o")),
             ("shared", Identity::Anyone),
         ]
         .into(),
@@ -125,6 +151,133 @@ async fn send(router: &Router, req: Req) -> (StatusCode, serde_json::Value) {
     let json = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {bytes:?}"));
     (status, json)
+}
+
+/// `send`, also returning the `Retry-After` header.
+async fn send_with_retry_after(
+    router: &Router,
+    req: Req,
+) -> (StatusCode, serde_json::Value, Option<String>) {
+    let mut builder = Request::builder().method(req.method).uri(req.path);
+    if let Some(t) = req.token {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(ct) = req.content_type {
+        builder = builder.header(CONTENT_TYPE, ct);
+    }
+    let response = router
+        .clone()
+        .oneshot(builder.body(Body::from(req.body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap(), retry_after)
+}
+
+const STARTED: &str =
+    r#"{"pie_probe_name":"test-pie-probe","storage_class":"topolvm-provisioner"}"#;
+
+fn started(token: &'static str, body: &str) -> Req {
+    Req {
+        path: "/api/v1/provision-started",
+        token: Some(token),
+        ..post(body)
+    }
+}
+
+/// A provision probe's start is acknowledged only once its Pod is counted (503 with
+/// Retry-After until then), only for the Pod's own PieProbe, and only from a provision probe
+/// Pod; a mount probe's result is accepted only once its Pod is counted too. Nothing of it
+/// touches the store.
+#[tokio::test]
+async fn probe_pods_are_answered_only_once_counted() {
+    let (router, store) = receiver(node_tokens());
+    let before = probe_series(&store);
+    let cases: Vec<(&str, Req, StatusCode, &str)> = vec![
+        (
+            "counted",
+            started("provision", STARTED),
+            StatusCode::OK,
+            "counted",
+        ),
+        (
+            "not counted yet",
+            started("provision-not-yet", STARTED),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not counted yet",
+        ),
+        (
+            "another PieProbe's Pod",
+            started("provision-of-other", STARTED),
+            StatusCode::FORBIDDEN,
+            "not of test-pie-probe",
+        ),
+        (
+            "a mount probe's token",
+            started("token-a", STARTED),
+            StatusCode::FORBIDDEN,
+            "only a provision probe Pod",
+        ),
+        (
+            "a shared token",
+            started("shared", STARTED),
+            StatusCode::FORBIDDEN,
+            "only a provision probe Pod",
+        ),
+        (
+            "an invalid body",
+            started("provision", r#"{"pie_probe_name":"X","storage_class":"y"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid report",
+        ),
+        (
+            "no token",
+            Req {
+                token: None,
+                ..started("provision", STARTED)
+            },
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        ),
+        (
+            "a provision Pod's token posting a result",
+            Req {
+                token: Some("provision"),
+                ..post(VALID)
+            },
+            StatusCode::FORBIDDEN,
+            "may not report",
+        ),
+    ];
+    for (what, req, want, says) in cases {
+        let (status, body, _) = send_with_retry_after(&router, req).await;
+        assert_eq!(status, want, "{what}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(says), "{what}: {text}");
+    }
+    assert_eq!(probe_series(&store), before, "nothing recorded");
+    // A mount probe whose start is not counted yet: 503, retry in a second, nothing recorded.
+    let (status, body, retry_after) = send_with_retry_after(
+        &router,
+        Req {
+            token: Some("token-a-not-yet"),
+            ..post(VALID)
+        },
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(probe_series(&store), before, "nothing recorded");
+    // Counted: accepted.
+    let (status, _, _) = send_with_retry_after(&router, post(VALID)).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// The store without the receiver's own request counter.

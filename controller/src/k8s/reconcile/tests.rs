@@ -59,6 +59,7 @@ fn context(stores: Stores) -> (Arc<Context>, ApiServerVerifier) {
             stores,
             recorder,
             Arc::default(),
+            Arc::default(),
         )),
         verifier,
     )
@@ -435,4 +436,103 @@ async fn probe_being_deleted_is_left_to_the_garbage_collector() {
 fn backoff_doubles_up_to_five_minutes() {
     let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
     assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+/// topolvm/pie's CronJob for a node, as it made it (another field manager, its labels only, a
+/// finalizer in the Pod template, its `genericvol` volume).
+fn topolvm_cron_job(node: &str) -> Value {
+    let name = names::mount_cronjob("probe", node, "standard");
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": name, "namespace": "pie", "uid": format!("uid-{name}"),
+                     "resourceVersion": "7",
+                     "labels": {"storage-class": "standard", "pie-probe": "probe", "node": node},
+                     "ownerReferences": [{"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+                         "name": "probe", "uid": "uid-probe", "controller": true}]},
+        "spec": {"schedule": "1-59/1 * * * *", "concurrencyPolicy": "Forbid",
+                 "jobTemplate": {"spec": {"template": {
+                     "metadata": {"labels": {"pie-probe": "probe"}, "finalizers": ["pie.topolvm.io/pod"]},
+                     "spec": {"restartPolicy": "Never",
+                              "containers": [{"name": "probe", "image": "ghcr.io/topolvm/pie:0.17.0",
+                                              "args": ["probe"],
+                                              "volumeMounts": [{"name": "genericvol", "mountPath": "/mounted"}]}],
+                              "volumes": [{"name": "genericvol", "persistentVolumeClaim": {"claimName": "x"}}]}}}}}
+    })
+}
+
+/// An object of pie's name that pie did not make (topolvm/pie's, in a migration) is taken over
+/// so that nothing of the other controller's remains: a server-side apply alone leaves fields
+/// another manager set, and the real API server kept topolvm/pie's Pod finalizer and volume in
+/// the template that way (every probe Pod then stayed Terminating). So: read it, merge-patch it
+/// into exactly pie's object (nulling what pie does not set), forget the old field managers,
+/// then apply as always.
+#[tokio::test]
+async fn a_cron_job_pie_did_not_make_is_adopted_without_leftovers() {
+    let (mut caches, stores, probe) = converged(&probe(), &nodes());
+    let foreign: CronJob = serde_json::from_value(topolvm_cron_job("worker-1")).unwrap();
+    add(
+        &mut caches.cron_jobs,
+        foreign.metadata.clone().into_response_partial::<CronJob>(),
+    );
+    let (ctx, mut api) = context(stores);
+    let task = tokio::spawn(run(probe.clone(), ctx));
+    let name = names::mount_cronjob("probe", "worker-1", "standard");
+    let path = format!("/apis/batch/v1/namespaces/pie/cronjobs/{name}");
+    api.expect(Method::GET, &path, topolvm_cron_job("worker-1"))
+        .await;
+    let patch = api
+        .expect(
+            Method::PATCH,
+            &format!("{path}?&fieldManager=pie-controller"),
+            topolvm_cron_job("worker-1"),
+        )
+        .await;
+    assert_eq!(
+        patch["metadata"]["resourceVersion"], "7",
+        "optimistic concurrency"
+    );
+    assert_eq!(
+        patch["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "pie-controller"
+    );
+    let template = &patch["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["finalizers"],
+        Value::Null,
+        "the finalizer goes"
+    );
+    let volumes: Vec<&str> = template["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(!volumes.contains(&"genericvol"), "{volumes:?}");
+    assert_eq!(
+        template["spec"]["containers"][0]["image"],
+        config().agent_image.as_str()
+    );
+    let reset = api
+        .expect(
+            Method::PATCH,
+            &format!("{path}?&fieldManager=pie-controller"),
+            topolvm_cron_job("worker-1"),
+        )
+        .await;
+    assert_eq!(reset, json!({"metadata": {"managedFields": [{}]}}));
+    let applied = api
+        .expect(Method::PATCH, &format!("{path}{APPLY}"), Value::Null)
+        .await;
+    api_echo_check(applied, "CronJob", &name);
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn merge_patch_to_nulls_what_the_target_lacks() {
+    let live = json!({"a": 1, "b": {"c": 2, "d": [1, 2]}, "e": "x"});
+    let want = json!({"a": 1, "b": {"d": [3]}, "f": true});
+    assert_eq!(
+        merge_patch_to(&live, &want),
+        json!({"b": {"c": null, "d": [3]}, "e": null, "f": true})
+    );
 }
