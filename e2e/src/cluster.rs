@@ -59,33 +59,46 @@ fn keep_after_run() -> bool {
     std::env::var_os("PIE_E2E_KEEP_CLUSTER").is_some()
 }
 
-/// The cluster of this test binary, started on first use. `None` (after printing why on
-/// stderr) only when neither `PIE_E2E_KUBECONFIG` is set nor Go is installed; a cluster that
-/// fails to start fails the test.
+/// The cluster of this test binary, started on first use with [`NODES`] nodes. `None` (after
+/// printing why on stderr) only when neither `PIE_E2E_KUBECONFIG` is set nor Go is installed; a
+/// cluster that fails to start fails the test.
 pub fn test_cluster() -> Option<&'static TestCluster> {
-    static CLUSTER: OnceLock<Option<TestCluster>> = OnceLock::new();
-    CLUSTER
-        .get_or_init(|| {
-            if let Ok(path) = std::env::var("PIE_E2E_KUBECONFIG") {
-                return Some(TestCluster {
-                    kubeconfig: PathBuf::from(path),
-                    kubectl: PathBuf::from("kubectl"),
-                    local: None,
-                });
-            }
-            if crate::find_binary("go").is_none() {
-                // Straight to stderr, not eprintln!: the test harness captures the macros'
-                // output of a passing test, and the skip must show in every `cargo test` run.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping cluster e2e: Go is not installed, so the local cluster (e2e/cluster) \
-                     cannot be built; install Go >= 1.26 or set PIE_E2E_KUBECONFIG"
-                );
-                return None;
-            }
-            Some(start_local())
-        })
-        .as_ref()
+    test_cluster_of(NODES)
+}
+
+/// [`test_cluster`] with `nodes` nodes (the local cluster's; another cluster is what it is).
+/// Every caller in one test binary must ask for the same number.
+pub fn test_cluster_of(nodes: usize) -> Option<&'static TestCluster> {
+    static CLUSTER: OnceLock<(usize, Option<TestCluster>)> = OnceLock::new();
+    let (started, cluster) = CLUSTER.get_or_init(|| (nodes, start_cluster(nodes)));
+    assert_eq!(
+        *started, nodes,
+        "this test binary's cluster was started with {started} nodes, not {nodes}"
+    );
+    cluster.as_ref()
+}
+
+/// The cluster `PIE_E2E_KUBECONFIG` names, else the local cluster with `nodes` nodes, else
+/// (no Go) `None` after saying so.
+fn start_cluster(nodes: usize) -> Option<TestCluster> {
+    if let Ok(path) = std::env::var("PIE_E2E_KUBECONFIG") {
+        return Some(TestCluster {
+            kubeconfig: PathBuf::from(path),
+            kubectl: PathBuf::from("kubectl"),
+            local: None,
+        });
+    }
+    if crate::find_binary("go").is_none() {
+        // Straight to stderr, not eprintln!: the test harness captures the macros'
+        // output of a passing test, and the skip must show in every `cargo test` run.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping cluster e2e: Go is not installed, so the local cluster (e2e/cluster) \
+             cannot be built; install Go >= 1.26 or set PIE_E2E_KUBECONFIG"
+        );
+        return None;
+    }
+    Some(start_local(nodes))
 }
 
 /// Builds `pie-cluster` (Go; the build cache makes a rebuild take seconds) into the tests'
@@ -129,7 +142,7 @@ fn go_build(script: &str, what: &str, output: &str) -> PathBuf {
     target.join(output)
 }
 
-fn start_local() -> TestCluster {
+fn start_local(nodes: usize) -> TestCluster {
     let PieBinaries { agent, controller } = pie_binaries();
     let binary = build_pie_cluster();
     let dir = tempfile::Builder::new()
@@ -143,7 +156,7 @@ fn start_local() -> TestCluster {
     command
         .args(["up", "--foreground", "--stop-on-stdin-eof", "--dir"])
         .arg(&dir)
-        .args(["--nodes", &NODES.to_string()])
+        .args(["--nodes", &nodes.to_string()])
         .arg("--image")
         // The agent image's USER (Dockerfile); probe Pods set runAsUser themselves.
         .arg(format!(
@@ -350,12 +363,8 @@ impl TestCluster {
     /// Requests of `user` that the API server refused with 403, from the local cluster's audit
     /// log (`verb resource namespace/name: reason`). Empty on other clusters (no audit log).
     pub fn denied_requests(&self, user: &str) -> Vec<String> {
-        let Some(dir) = self.dir() else {
-            return Vec::new();
-        };
-        let text = std::fs::read_to_string(dir.join("logs/audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+        self.audit_events()
+            .into_iter()
             .filter(|e| {
                 e.stage == "ResponseComplete"
                     && e.user.username == user
@@ -375,6 +384,39 @@ impl TestCluster {
                     e.request_uri
                 )
             })
+            .collect()
+    }
+
+    /// The resources `user` sent `verb` requests for at or after `since_ms` (Unix ms), from the
+    /// local cluster's audit log (one entry per request, with subresources as `pods/status`).
+    /// Empty on other clusters.
+    pub fn requests_since(&self, user: &str, verb: &str, since_ms: i64) -> Vec<String> {
+        self.audit_events()
+            .into_iter()
+            .filter(|e| e.stage == "ResponseComplete" && e.user.username == user && e.verb == verb)
+            .filter(|e| {
+                e.stage_timestamp
+                    .as_deref()
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .is_some_and(|t| t.as_millisecond() >= since_ms)
+            })
+            .map(|e| {
+                let o = e.object_ref.unwrap_or_default();
+                match o.subresource {
+                    Some(sub) => format!("{}/{sub}", o.resource.unwrap_or_default()),
+                    None => o.resource.unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn audit_events(&self) -> Vec<AuditEvent> {
+        let Some(dir) = self.dir() else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(dir.join("logs/audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
             .collect()
     }
 
@@ -437,18 +479,68 @@ where
     poll_until(timeout, Duration::from_secs(1), check, |ok| *ok).await
 }
 
+/// How a test runs `pie-controller run`: what `deploy/base/deployment.yaml` leaves to the
+/// installation (the remote-write URL, the `cluster` label, the agent image) and what lets several
+/// controllers share one cluster (each reconciles its own namespace and competes for its own Lease
+/// in `pie`).
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// The namespace whose PieProbes it reconciles (`PIE_NAMESPACES`).
+    pub namespace: String,
+    /// Where it pushes (`--remote-write-url`).
+    pub remote_write_url: String,
+    /// The `cluster` external label (`--external-label=cluster=...`).
+    pub cluster_label: String,
+    /// The Lease it competes for in the namespace `pie` (`PIE_LEASE_NAME`).
+    pub lease_name: String,
+    /// Its identity in the Lease (`PIE_POD_NAME`).
+    pub identity: String,
+    /// The image of probe Pods (`PIE_AGENT_IMAGE`).
+    pub agent_image: String,
+    /// The URL probe Pods post their results to (`PIE_CONTROLLER_URL`); `None`: this
+    /// controller's own receiver.
+    pub controller_url: Option<String>,
+    /// Flags given after deployment.yaml's.
+    pub extra_args: Vec<String>,
+}
+
+impl ControllerOptions {
+    /// deployment.yaml's settings for a controller of `namespace` pushing to `remote_write_url`,
+    /// with `cluster="e2e"`, the default Lease name and [`AGENT_IMAGE`].
+    pub fn new(namespace: &str, remote_write_url: &str) -> ControllerOptions {
+        ControllerOptions {
+            namespace: namespace.to_owned(),
+            remote_write_url: remote_write_url.to_owned(),
+            cluster_label: "e2e".into(),
+            lease_name: "pie-controller".into(),
+            identity: format!("pie-e2e-{}", std::process::id()),
+            agent_image: AGENT_IMAGE.into(),
+            controller_url: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 /// `pie-controller run`, the real binary, as `deploy/base/deployment.yaml` runs it (same flags
 /// and environment, loopback addresses instead of `:PORT`), authenticated as the ServiceAccount
 /// `pie/pie-controller` and reconciling one namespace.
+///
+/// Its state directory (kubeconfig, remote-write disk buffer, logs) outlives the process, so a
+/// test can kill it ([`PieController::kill`]) and start it again on the same ports and buffer
+/// ([`PieController::restart`]), as Kubernetes restarts a container.
 #[derive(Debug)]
 pub struct PieController {
     process: Process,
+    options: ControllerOptions,
     /// Port of the results receiver (`--listen`).
     pub results_port: u16,
     /// Port of `/healthz` and `/readyz`.
     pub health_port: u16,
     /// Port of `/metrics`.
     pub metrics_port: u16,
+    path: PathBuf,
+    kubeconfig: PathBuf,
+    starts: u32,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -461,6 +553,35 @@ impl PieController {
         remote_write_url: &str,
         extra: &[&str],
     ) -> PieController {
+        let mut options = ControllerOptions::new(namespace, remote_write_url);
+        options.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        PieController::start_with(cluster, options).await
+    }
+
+    /// Starts a controller with `options` and waits until it is ready (leader with synced
+    /// caches).
+    pub async fn start_with(cluster: &TestCluster, options: ControllerOptions) -> PieController {
+        let mut controller = PieController::spawn(cluster, options).await;
+        controller.wait_ready().await;
+        controller
+    }
+
+    /// Starts a controller with `options` and waits only until it is alive (`/healthz`): a
+    /// replica that does not hold the Lease never becomes ready.
+    pub async fn start_follower(
+        cluster: &TestCluster,
+        options: ControllerOptions,
+    ) -> PieController {
+        let mut controller = PieController::spawn(cluster, options).await;
+        let url = format!("http://127.0.0.1:{}/healthz", controller.health_port);
+        controller
+            .process
+            .wait_ready(&url, Duration::from_secs(30))
+            .await;
+        controller
+    }
+
+    async fn spawn(cluster: &TestCluster, options: ControllerOptions) -> PieController {
         cluster.install_pie().await;
         let dir = tempfile::Builder::new()
             .prefix("pie-controller-")
@@ -478,51 +599,85 @@ impl PieController {
             .service_account_kubeconfig("pie", "pie-controller", &path)
             .await;
         let (results_port, health_port, metrics_port) = (free_port(), free_port(), free_port());
-        let mut command = Command::new(&pie_binaries().controller);
-        command
-            .arg("run")
-            .arg(format!("--remote-write-url={remote_write_url}"))
-            .arg("--external-label=cluster=e2e")
-            .arg(format!("--listen=127.0.0.1:{results_port}"))
-            .arg(format!("--health-addr=127.0.0.1:{health_port}"))
-            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-            .arg("--probe-service-account=pie-probe")
-            .arg(format!(
-                "--remote-write-buffer-dir={}",
-                path.join("remote-write-buffer").display()
-            ))
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &kubeconfig)
-            .env("PIE_AGENT_IMAGE", AGENT_IMAGE)
-            // Probe Pods are local processes: the receiver is on this host's loopback.
-            .env(
-                "PIE_CONTROLLER_URL",
-                format!("http://127.0.0.1:{results_port}"),
-            )
-            .env("PIE_POD_NAME", format!("pie-e2e-{}", std::process::id()))
-            .env("PIE_LEASE_NAMESPACE", "pie")
-            .env("PIE_NAMESPACES", namespace)
-            .env(
-                "RUST_LOG",
-                std::env::var("PIE_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-            );
-        let process = Process::spawn_ready(
-            "pie-controller run",
-            command,
-            path.join("controller.log"),
-            &format!("http://127.0.0.1:{health_port}/readyz"),
-            Duration::from_secs(90),
-        )
-        .await;
+        let process = controller_process(
+            &options,
+            [results_port, health_port, metrics_port],
+            &path,
+            &kubeconfig,
+            1,
+        );
         PieController {
             process,
+            options,
             results_port,
             health_port,
             metrics_port,
+            path,
+            kubeconfig,
+            starts: 1,
             _dir: dir,
         }
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.health_port);
+        self.process.wait_ready(&url, Duration::from_secs(90)).await;
+    }
+
+    /// Kills the process with SIGKILL (a crash, or `kill -9`): nothing is flushed, the Lease is
+    /// not released.
+    pub fn kill(&mut self) {
+        self.process.stop();
+    }
+
+    /// Stops the process with SIGTERM (as Kubernetes stops a Pod) and waits up to 30 s.
+    /// Returns whether it exited by itself in time.
+    pub fn terminate(&mut self) -> bool {
+        self.process.terminate_within(Duration::from_secs(30))
+    }
+
+    /// Starts the process again (after [`PieController::kill`] or [`PieController::terminate`])
+    /// with the same flags, ports and state directory, and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.process.stop();
+        self.starts += 1;
+        self.process = controller_process(
+            &self.options,
+            [self.results_port, self.health_port, self.metrics_port],
+            &self.path,
+            &self.kubeconfig,
+            self.starts,
+        );
+        self.wait_ready().await;
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        let url = format!("http://127.0.0.1:{}/readyz", self.health_port);
+        matches!(crate::http_client().get(&url).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &ControllerOptions {
+        &self.options
+    }
+
+    /// The URL of its results receiver.
+    pub fn results_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.results_port)
+    }
+
+    /// It as a backend of a [`crate::ReadyService`].
+    pub fn backend(&self) -> crate::Backend {
+        crate::Backend {
+            readyz: format!("http://127.0.0.1:{}/readyz", self.health_port),
+            base: self.results_url(),
+        }
+    }
+
+    /// The operating-system process id of the running process.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Its `/metrics` text.
@@ -542,15 +697,75 @@ impl PieController {
         .await
     }
 
-    /// The last lines of its log.
+    /// The last lines of its log (of the current process).
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+
+    /// Everything it has logged, over all its starts.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.path.join(format!("controller-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
     }
 
     /// Whether it has exited.
     pub fn has_exited(&mut self) -> bool {
         self.process.has_exited()
     }
+}
+
+/// The `pie-controller run` process of `options` (its `start`-th start; the log is
+/// `controller-<start>.log` in `path`), on the ports `[results, health, metrics]`.
+fn controller_process(
+    o: &ControllerOptions,
+    [results_port, health_port, metrics_port]: [u16; 3],
+    path: &Path,
+    kubeconfig: &Path,
+    start: u32,
+) -> Process {
+    let mut command = Command::new(&pie_binaries().controller);
+    command
+        .arg("run")
+        .arg(format!("--remote-write-url={}", o.remote_write_url))
+        .arg(format!("--external-label=cluster={}", o.cluster_label))
+        .arg(format!("--listen=127.0.0.1:{}", results_port))
+        .arg(format!("--health-addr=127.0.0.1:{}", health_port))
+        .arg(format!("--metrics-addr=127.0.0.1:{}", metrics_port))
+        .arg("--probe-service-account=pie-probe")
+        .arg(format!(
+            "--remote-write-buffer-dir={}",
+            path.join("remote-write-buffer").display()
+        ))
+        .args(&o.extra_args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", kubeconfig)
+        .env("PIE_AGENT_IMAGE", &o.agent_image)
+        // Probe Pods are local processes: the receiver is on this host's loopback.
+        .env(
+            "PIE_CONTROLLER_URL",
+            o.controller_url
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}", results_port)),
+        )
+        .env("PIE_POD_NAME", &o.identity)
+        .env("PIE_LEASE_NAMESPACE", "pie")
+        .env("PIE_LEASE_NAME", &o.lease_name)
+        .env("PIE_NAMESPACES", &o.namespace)
+        .env(
+            "RUST_LOG",
+            std::env::var("PIE_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        );
+    Process::spawn(
+        "pie-controller run",
+        command,
+        path.join(format!("controller-{}.log", start)),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -560,6 +775,8 @@ struct AuditEvent {
     verb: String,
     #[serde(rename = "requestURI")]
     request_uri: String,
+    #[serde(default)]
+    stage_timestamp: Option<String>,
     user: AuditUser,
     object_ref: Option<AuditObject>,
     response_status: Option<AuditStatus>,

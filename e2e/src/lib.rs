@@ -24,12 +24,14 @@
 //! `e2e::VictoriaMetrics`, never the file it lives in.
 
 pub mod cluster;
+pub mod scenario;
 
 mod builds;
 mod http;
 mod pie;
 mod process;
 mod prometheus;
+mod service;
 mod time;
 mod victoria_metrics;
 mod vmalert;
@@ -42,7 +44,8 @@ pub use process::{
     Process, cpu_seconds, dir_bytes, find_binary, free_port, require_binary, rss_bytes,
 };
 pub use prometheus::{PromSeries, Prometheus};
+pub use service::{Backend, ReadyService};
 pub use time::now_millis;
 pub use victoria_metrics::{ExportedSeries, VictoriaMetrics};
-pub use vmalert::{Vmalert, VmalertAlert, VmalertRule, shipped_rules};
+pub use vmalert::{Notifier, Vmalert, VmalertAlert, VmalertRule, shipped_rules};
 pub use vmauth::Vmauth;

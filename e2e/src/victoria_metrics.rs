@@ -20,10 +20,39 @@ use crate::{Process, free_port, http_client, now_millis, require_binary};
 pub struct ExportedSeries {
     /// All labels including `__name__`.
     pub metric: BTreeMap<String, String>,
-    /// Sample values, in timestamp order.
+    /// Sample values, in timestamp order; a staleness marker (exported as `null`) is NaN.
+    #[serde(deserialize_with = "values_with_markers")]
     pub values: Vec<f64>,
     /// Sample timestamps in milliseconds.
     pub timestamps: Vec<i64>,
+}
+
+/// An export line with the staleness markers VictoriaMetrics writes as a bare `NaN` (not JSON)
+/// in its `values` array turned into `null` (which it also writes for them).
+fn markers_as_null(line: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = line.find("\"values\":[") else {
+        return line.into();
+    };
+    let Some(len) = line[start..].find(']') else {
+        return line.into();
+    };
+    let values = &line[start..start + len];
+    if !values.contains("NaN") {
+        return line.into();
+    }
+    format!(
+        "{}{}{}",
+        &line[..start],
+        values.replace("NaN", "null"),
+        &line[start + len..]
+    )
+    .into()
+}
+
+/// Export values, where VictoriaMetrics writes a staleness marker as `null`.
+fn values_with_markers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Vec::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 /// A single-node VictoriaMetrics on a free loopback port with a temporary data directory.
@@ -190,8 +219,9 @@ impl VictoriaMetrics {
         // comes as several lines: merge them, keeping every sample (duplicates included).
         let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let line = markers_as_null(line);
             let part: ExportedSeries =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("export line {line}: {e}"));
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("export line {line}: {e}"));
             merged
                 .entry(part.metric)
                 .or_default()
@@ -227,8 +257,68 @@ impl VictoriaMetrics {
         .await
     }
 
+    /// Instant query `q` now: `labels -> value` per series, sorted by labels.
+    pub async fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        #[derive(Deserialize)]
+        struct Resp {
+            data: Data,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            result: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            metric: BTreeMap<String, String>,
+            value: (f64, String),
+        }
+        self.force_flush().await;
+        let url = format!("{}/api/v1/query", self.base_url());
+        let body = ok_body(http_client().post(&url).form(&[("query", q)]), q).await;
+        let parsed: Resp =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{q}: {e}: {body}"));
+        let mut out: Vec<_> = parsed
+            .data
+            .result
+            .into_iter()
+            .map(|i| (i.metric, i.value.1.parse().unwrap_or(f64::NAN)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The log tail, for assertion messages.
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+}
+
+impl ExportedSeries {
+    /// How much this counter grew over all its samples, counting across resets as
+    /// MetricsQL's `increase` does over a window holding the series' whole life: its first
+    /// value (a series starts at 0), every rise, and after a drop (a restarted process) the
+    /// whole new value. Staleness markers (NaN) are skipped.
+    pub fn counter_increase(&self) -> f64 {
+        self.counter_increase_until(i64::MAX)
+    }
+
+    /// [`ExportedSeries::counter_increase`] over the samples at or before `until_ms`.
+    pub fn counter_increase_until(&self, until_ms: i64) -> f64 {
+        let mut total = 0.0;
+        let mut last: Option<f64> = None;
+        let samples = self.timestamps.iter().zip(&self.values);
+        for (_, &v) in samples.filter(|(t, v)| **t <= until_ms && !v.is_nan()) {
+            match last {
+                Some(prev) if v >= prev => total += v - prev,
+                _ => total += v,
+            }
+            last = Some(v);
+        }
+        total
+    }
+
+    /// The value of the label `name` (empty if absent).
+    pub fn label(&self, name: &str) -> &str {
+        self.metric.get(name).map_or("", String::as_str)
     }
 }

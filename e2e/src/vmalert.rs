@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -171,5 +172,69 @@ impl Vmalert {
     /// The log tail, for assertion messages.
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+}
+
+/// An Alertmanager stand-in on a free loopback port: records every alert vmalert posts to
+/// `/api/v2/alerts` (Alertmanager's API), so a test can check what would have paged.
+#[derive(Debug)]
+pub struct Notifier {
+    url: String,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Notifier {
+    /// Starts it (on the current tokio runtime).
+    pub async fn start() -> Notifier {
+        use axum::extract::State;
+        let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/v2/alerts",
+                axum::routing::post(
+                    |State(seen): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+                     axum::Json(alerts): axum::Json<Vec<serde_json::Value>>| async move {
+                        seen.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(alerts);
+                    },
+                ),
+            )
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the notifier");
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("notifier address")
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Notifier {
+            url,
+            received,
+            server,
+        }
+    }
+
+    /// Its URL, for `-notifier.url`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every alert received so far, as vmalert sent it (`labels`, `annotations`, ...).
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.server.abort();
     }
 }

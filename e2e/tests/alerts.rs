@@ -10,13 +10,9 @@
 //! so two real failed probes make it fire at the next evaluation: no backdated samples needed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
-use e2e::{PieReceive, VictoriaMetrics, Vmalert, http_client, require_binary, shipped_rules};
+use e2e::{Notifier, PieReceive, VictoriaMetrics, Vmalert, require_binary, shipped_rules};
 
 const CLUSTER: &str = "e2e-alerts";
 const PROBE: &str = "e2e-probe";
@@ -24,66 +20,12 @@ const SC: &str = "e2e-sc";
 const BROKEN: &str = "broken-node";
 const HEALTHY: &str = "healthy-node";
 
-/// An Alertmanager stand-in: records every alert vmalert posts to `/api/v2/alerts`.
-async fn notifier() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let app = Router::new()
-        .route(
-            "/api/v2/alerts",
-            post(
-                |State(seen): State<Arc<Mutex<Vec<serde_json::Value>>>>,
-                 axum::Json(alerts): axum::Json<Vec<serde_json::Value>>| async move {
-                    seen.lock().unwrap().extend(alerts);
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, received)
-}
-
-/// Instant query against VictoriaMetrics: `labels -> value` per series.
-async fn query(vm: &VictoriaMetrics, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    #[derive(serde::Deserialize)]
-    struct Resp {
-        data: Data,
-    }
-    #[derive(serde::Deserialize)]
-    struct Data {
-        result: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        metric: BTreeMap<String, String>,
-        value: (f64, String),
-    }
-    vm.force_flush().await;
-    let resp = http_client()
-        .post(format!("{}/api/v1/query", vm.base_url()))
-        .form(&[("query", q)])
-        .send()
-        .await
-        .unwrap();
-    let body = resp.text().await.unwrap();
-    let parsed: Resp = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{q}: {e}: {body}"));
-    let mut out: Vec<_> = parsed
-        .data
-        .result
-        .into_iter()
-        .map(|i| (i.metric, i.value.1.parse().unwrap()))
-        .collect();
-    out.sort_by(|a: &(BTreeMap<String, String>, f64), b| a.0.cmp(&b.0));
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert() {
     require_binary("fio", "fio");
     let vm = VictoriaMetrics::start().await;
-    let (notifier_url, notified) = notifier().await;
-    let vmalert = Vmalert::start(&shipped_rules(), &vm, &notifier_url, "1s").await;
+    let notifier = Notifier::start().await;
+    let vmalert = Vmalert::start(&shipped_rules(), &vm, notifier.url(), "1s").await;
     let controller = PieReceive::start(&vm.write_url(), CLUSTER, &[]).await;
 
     let dir = tempfile::tempdir_in(e2e::target_dir()).expect("a work dir on a real filesystem");
@@ -160,11 +102,11 @@ async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert(
     );
     // The healthy node was seen by the very expression that fires for the broken one: its
     // failure count is 0, not absent.
-    let increases = query(
-        &vm,
+    let increases = vm
+        .query(
         r#"sum by (node) (increase(pie_performance_on_mount_probe_total{succeed="false",cluster="e2e-alerts"}[30m]))"#,
-    )
-    .await;
+        )
+        .await;
     let by_node: BTreeMap<&str, f64> = increases
         .iter()
         .map(|(labels, v)| (labels["node"].as_str(), *v))
@@ -190,7 +132,7 @@ async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert(
     // vmalert notified (the Alertmanager API) and wrote the ALERTS series back.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let got = notified.lock().unwrap().clone();
+        let got = notifier.received();
         let names_nodes: Vec<(String, String)> = got
             .iter()
             .map(|a| {

@@ -1,0 +1,170 @@
+//! Scenario 11, cleanup: changing a PieProbe's `nodeSelector` moves its probes (the CronJob and
+//! PVC of the node it leaves are deleted, its series end with a staleness marker in
+//! VictoriaMetrics); while the controller is down probe Pods come and go freely (no finalizers,
+//! nothing left Terminating); deleting the PieProbe removes its CronJobs and PVCs (garbage
+//! collection) and its series (staleness markers reach VictoriaMetrics).
+
+use std::time::Duration;
+
+use e2e::ExportedSeries;
+use e2e::cluster::LOCAL_STORAGE_CLASS;
+use e2e::scenario::{Scenario, note};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use pie_api::names;
+
+use crate::Env;
+
+const PROBE: &str = "cleanup";
+
+fn on_nodes(nodes: &[&String]) -> serde_json::Value {
+    serde_json::json!({"nodeSelectorTerms": [{"matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": nodes}
+    ]}]})
+}
+
+/// Whether every series ends with a staleness marker (and there is at least one).
+fn all_stale(series: &[ExportedSeries]) -> bool {
+    !series.is_empty()
+        && series
+            .iter()
+            .all(|s| s.values.last().is_some_and(|v| v.is_nan()))
+}
+
+pub async fn run(env: &'static Env) {
+    let mut s = Scenario::start(env.cluster, "cleanup").await;
+    let (n1, n2) = (&env.group("spare")[0], &env.group("spare")[1]);
+    let sc = LOCAL_STORAGE_CLASS;
+    s.create_probe(
+        PROBE,
+        serde_json::json!({
+            "monitoringStorageClass": sc, "probePeriod": 59, "probeThreshold": "30s",
+            "nodeSelector": on_nodes(&[n1, n2]),
+        }),
+    )
+    .await;
+    let mount_of = |n: &str| names::mount_cronjob(PROBE, n, sc);
+    s.wait(
+        "the CronJobs of both nodes",
+        Duration::from_secs(60),
+        || async {
+            let c = s.cron_jobs(PROBE).await;
+            c.contains_key(&mount_of(n1)) && c.contains_key(&mount_of(n2))
+        },
+    )
+    .await;
+    s.run_now(&mount_of(n1));
+    s.run_now(&mount_of(n2));
+    for n in [n1, n2] {
+        s.wait_increase(
+            &format!(r#"pie_performance_on_mount_probe_total{{node="{n}",succeed="true"}}"#),
+            1.0,
+            Duration::from_secs(90),
+        )
+        .await;
+    }
+
+    // Move the probe to n2 only: n1's CronJob and PVC go, and so do its series.
+    s.api::<pie_controller::crd::PieProbe>()
+        .patch(
+            PROBE,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"nodeSelector": on_nodes(&[n2])}})),
+        )
+        .await
+        .expect("change the node selector");
+    s.wait(
+        &format!("{n1}'s CronJob and PVC deleted"),
+        Duration::from_secs(60),
+        || async {
+            !s.cron_jobs(PROBE).await.contains_key(&mount_of(n1))
+                && !s.pvcs(PROBE).await.contains_key(&names::pvc(PROBE, n1, sc))
+                && s.cron_jobs(PROBE).await.contains_key(&mount_of(n2))
+        },
+    )
+    .await;
+    let of_n1 = format!(r#"{{pie_probe_name="{PROBE}",node="{n1}"}}"#);
+    s.wait(
+        &format!("staleness markers for every series of {n1}"),
+        Duration::from_secs(90),
+        || async { all_stale(&s.series(&of_n1).await) },
+    )
+    .await;
+    assert!(
+        !all_stale(
+            &s.series(&format!(r#"{{pie_probe_name="{PROBE}",node="{n2}"}}"#))
+                .await
+        ),
+        "{n2}'s series stay"
+    );
+    note(
+        "cleanup",
+        "moving the node selector moved the probes and ended the old series",
+    );
+
+    // The controller is down: probe Pods still run and go, none is held Terminating.
+    assert!(s.controller.terminate(), "the controller stops on SIGTERM");
+    let job = s.run_now(&mount_of(n2));
+    let pods = s.api::<Pod>();
+    s.wait(
+        "the probe Pod of a Job made while the controller is down",
+        Duration::from_secs(60),
+        || async {
+            s.pods(PROBE)
+                .await
+                .values()
+                .any(|p| p.labels().get("job-name") == Some(&job))
+        },
+    )
+    .await;
+    for pod in s.pods(PROBE).await.values() {
+        assert!(
+            pod.finalizers()
+                .iter()
+                .all(|f| f == "batch.kubernetes.io/job-tracking"),
+            "{}: {:?}",
+            pod.name_any(),
+            pod.finalizers()
+        );
+    }
+    s.kubectl(&["delete", "job", &job, "--wait=false"]);
+    s.wait(
+        "its Pod gone without the controller",
+        Duration::from_secs(60),
+        || async {
+            !s.pods(PROBE)
+                .await
+                .values()
+                .any(|p| p.labels().get("job-name") == Some(&job))
+        },
+    )
+    .await;
+    drop(pods);
+
+    // Deleting the PieProbe (controller up again): its objects and its series go.
+    s.controller.restart().await;
+    s.api::<pie_controller::crd::PieProbe>()
+        .delete(PROBE, &DeleteParams::background())
+        .await
+        .expect("delete the PieProbe");
+    s.wait(
+        "the PieProbe's CronJobs, PVCs, Jobs and Pods gone",
+        Duration::from_secs(120),
+        || async {
+            s.cron_jobs(PROBE).await.is_empty()
+                && s.pvcs(PROBE).await.is_empty()
+                && s.jobs(PROBE).await.is_empty()
+                && s.pods(PROBE).await.is_empty()
+        },
+    )
+    .await;
+    let of_probe = format!(r#"{{pie_probe_name="{PROBE}"}}"#);
+    s.wait(
+        "staleness markers for every series of the PieProbe",
+        Duration::from_secs(90),
+        || async { all_stale(&s.series(&of_probe).await) },
+    )
+    .await;
+    s.finish().await;
+}

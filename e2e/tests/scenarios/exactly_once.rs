@@ -1,0 +1,172 @@
+//! Scenario 8, exactly once: the controller is killed with SIGKILL while probe Pods run and
+//! while late ones are about to be decided, and restarted; then a second replica waits as a
+//! follower (its `/readyz` and its results API answer 503, as documented) and takes over when the
+//! leader is killed (Lease handover), with probe Pods reaching the controller through a
+//! readiness-gated Service. Throughout, the test keeps its own ledger of every probe Pod the
+//! cluster ran; at the end VictoriaMetrics' counters (across the restarts' resets) equal the
+//! ledger per probe, node and outcome: no Pod counted twice, none lost, and every started mount
+//! probe's result delivered once.
+
+use std::time::{Duration, Instant};
+
+use e2e::ReadyService;
+use e2e::cluster::{LOCAL_STORAGE_CLASS, PieController};
+use e2e::now_millis;
+use e2e::scenario::{PodLedger, Scenario, group_selector, note, sleeper_pod};
+use pie_api::names;
+
+use crate::Env;
+
+const PROBE: &str = "once";
+const THRESHOLD_MS: i64 = 20_000;
+
+/// Waits until the ledger has a Pod created after `after_ms` that matches `which`; returns its
+/// creation time.
+async fn next_pod(
+    ledger: &PodLedger,
+    after_ms: i64,
+    which: impl Fn(&e2e::scenario::PodRecord) -> bool,
+) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        if let Some(r) = ledger
+            .records()
+            .values()
+            .filter(|r| r.created_ms > after_ms && which(r))
+            .min_by_key(|r| r.created_ms)
+        {
+            return r.created_ms;
+        }
+        assert!(Instant::now() < deadline, "no new probe Pod in 150 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sleeps until the wall clock reads `at_ms`.
+async fn sleep_until(at_ms: i64) {
+    let wait = at_ms - now_millis();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+}
+
+pub async fn run(env: &'static Env) {
+    let service = ReadyService::start(Vec::new()).await;
+    let url = service.url().to_owned();
+    let mut s = Scenario::start_with(env.cluster, "exactly-once", |o| {
+        o.controller_url = Some(url);
+        o.identity = "replica-a".into();
+    })
+    .await;
+    service.add(s.controller.backend());
+    let ledger = PodLedger::start(s.client.clone(), &s.namespace).await;
+    let nodes = env.group("shared");
+    let sc = LOCAL_STORAGE_CLASS;
+    s.create_probe(
+        PROBE,
+        serde_json::json!({
+            "monitoringStorageClass": sc, "probePeriod": 1,
+            "probeThreshold": format!("{}s", THRESHOLD_MS / 1000),
+            "nodeSelector": group_selector("shared"),
+        }),
+    )
+    .await;
+    // The first node's mounts fail: its probe Pods never start and are late at 20 s.
+    let stuck = &nodes[0];
+    let stuck_pvc = names::pvc(PROBE, stuck, sc);
+    s.wait("the mount PVCs", Duration::from_secs(60), || async {
+        s.pvcs(PROBE).await.contains_key(&stuck_pvc)
+    })
+    .await;
+    s.kubectl(&["annotate", "pvc", &stuck_pvc, "faults.pie.test/mount=fail"]);
+
+    // SIGKILL while probe Pods run (2 s after a scheduled batch is created) and while late
+    // ones are about to be decided (19.5 s after), three times; restarted at once, as the
+    // kubelet restarts a container.
+    let mut last = now_millis();
+    for round in 0..3 {
+        let created = next_pod(&ledger, last, |_| true).await;
+        let offset = if round % 2 == 0 {
+            2_000
+        } else {
+            THRESHOLD_MS - 500
+        };
+        sleep_until(created + offset).await;
+        s.controller.kill();
+        s.controller.restart().await;
+        note(
+            "exactly-once",
+            &format!(
+                "killed and restarted {} ms after a batch was created",
+                offset
+            ),
+        );
+        last = created + 5_000;
+    }
+
+    // A second replica, the follower: not Ready, and its results API says so.
+    let mut follower_options = s.controller.options().clone();
+    follower_options.identity = "replica-b".into();
+    let mut follower = PieController::start_follower(s.cluster, follower_options).await;
+    service.add(follower.backend());
+    assert!(!follower.is_ready().await, "a follower is not Ready");
+    let sleeper = s
+        .create_running(&sleeper_pod(
+            "sleeper",
+            &nodes[1],
+            Some((PROBE, nodes[1].as_str(), sc)),
+        ))
+        .await;
+    let token = s.probe_token(&sleeper, "pie-controller").await;
+    let answer = e2e::http_client()
+        .post(format!("{}/api/v1/results", follower.results_url()))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/json")
+        .body(e2e::probe_result_json(PROBE, &nodes[1], sc, 1.0))
+        .send()
+        .await
+        .expect("POST to the follower");
+    assert_eq!(answer.status().as_u16(), 503, "the follower answers 503");
+    let body = answer.text().await.unwrap_or_default();
+    assert!(body.contains("not the leader"), "{body}");
+
+    // The leader dies while probe Pods run; the follower takes the Lease.
+    let created = next_pod(&ledger, last, |_| true).await;
+    sleep_until(created + 2_000).await;
+    s.controller.kill();
+    let killed = Instant::now();
+    s.wait(
+        "the follower to lead (Ready)",
+        Duration::from_secs(60),
+        || async { follower.is_ready().await },
+    )
+    .await;
+    let handover = killed.elapsed();
+    note(
+        "exactly-once",
+        &format!(
+            "the follower leads {:.1} s after the leader was killed",
+            handover.as_secs_f64()
+        ),
+    );
+
+    // Two more scheduled minutes under the new leader, then cut at a quiet moment: 45 s after
+    // a batch, every Pod of it is decided and the next batch is 15 s away.
+    let after_handover = now_millis();
+    let batch = next_pod(&ledger, after_handover + 60_000, |_| true).await;
+    let cut = batch + 45_000;
+    sleep_until(cut + 20_000).await;
+
+    if let Some(mismatch) = s
+        .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut)
+        .await
+    {
+        panic!(
+            "{mismatch}\n{}\nfollower log:\n{}",
+            s.diagnostics().await,
+            follower.log_tail()
+        );
+    }
+    follower.kill();
+    s.finish().await;
+}
