@@ -6,6 +6,8 @@
 //	pie-cluster down [--dir D]
 //	pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
 //	pie-cluster start-component [--dir D] [--timeout 2m] NAME
+//	pie-cluster compact [--dir D]
+//	pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N] [--audience A]... [--expires-in 1h] [--expired]
 //	kubectl ...            (this binary, called as kubectl)
 //
 // The other subcommands are the cluster's processes, started by the supervisor.
@@ -33,6 +35,9 @@ const usage = `usage:
   pie-cluster down [--dir D]
   pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
   pie-cluster start-component [--dir D] [--timeout 2m] NAME
+  pie-cluster compact [--dir D]
+  pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N]
+                    [--audience A]... [--expires-in 1h] [--expired]
   pie-cluster kubectl ARGS...   (or this binary called as kubectl)
 D defaults to $PIE_CLUSTER_DIR, else target/cluster. NAME is one of etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, provisioner, kubelet.
@@ -57,7 +62,7 @@ func main() {
 			os.Exit(2)
 		}
 		os.Exit(supervisor.Down(absolute(*dir)))
-	case "stop-component", "start-component":
+	case "stop-component", "start-component", "compact", "token":
 		os.Exit(clusterCommand(os.Args[1], args))
 	case "kubectl":
 		os.Exit(components.Kubectl(args))
@@ -98,6 +103,8 @@ func clusterCommand(name string, args []string) int {
 		kill       bool
 		grace      time.Duration
 		timeout    time.Duration
+		token      supervisor.TokenOptions
+		audiences  images
 		positional = 0
 		usageLine  string
 	)
@@ -109,6 +116,17 @@ func clusterCommand(name string, args []string) int {
 	case "start-component":
 		fs.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for it to be healthy")
 		positional, usageLine = 1, "pie-cluster start-component [--dir D] [--timeout 2m] NAME"
+	case "compact":
+		usageLine = "pie-cluster compact [--dir D]"
+	case "token":
+		fs.StringVar(&token.Namespace, "namespace", "", "namespace of the ServiceAccount (and the Pod)")
+		fs.StringVar(&token.ServiceAccount, "service-account", "", "the ServiceAccount")
+		fs.StringVar(&token.Pod, "pod", "", "bind the token to this Pod (and its node)")
+		fs.StringVar(&token.Node, "node", "", "bind the token to this Node (with --pod: the node of the pod claims)")
+		fs.Var(&audiences, "audience", "an audience (repeatable; default: the apiserver's)")
+		fs.DurationVar(&token.ExpiresIn, "expires-in", time.Hour, "lifetime")
+		fs.BoolVar(&token.Expired, "expired", false, "make it expired: exp 5 minutes ago, iat and nbf --expires-in before")
+		usageLine = "pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N] [--audience A]... [--expires-in 1h] [--expired]"
 	}
 	var rest []string
 	for len(args) > 0 {
@@ -135,12 +153,21 @@ func clusterCommand(name string, args []string) int {
 		fmt.Fprintf(os.Stderr, "pie-cluster %s: expected %s, got %d (usage: %s)\n", name, what, len(rest), usageLine)
 		return 2
 	}
+	if name == "token" && (token.Namespace == "" || token.ServiceAccount == "") {
+		fmt.Fprintf(os.Stderr, "pie-cluster token: --namespace and --service-account are required (usage: %s)\n", usageLine)
+		return 2
+	}
 	d := absolute(*dir)
 	switch name {
 	case "stop-component":
 		return supervisor.StopComponent(d, rest[0], kill, grace)
+	case "start-component":
+		return supervisor.StartComponent(d, rest[0], timeout)
+	case "compact":
+		return supervisor.Compact(d)
 	}
-	return supervisor.StartComponent(d, rest[0], timeout)
+	token.Audiences = audiences
+	return supervisor.Token(d, token)
 }
 
 func up(name string, args []string) int {

@@ -141,8 +141,13 @@ func (s state) writeInfo(info clusterInfo) error {
 	return os.WriteFile(s.path("cluster.json"), append(data, '\n'), 0o644)
 }
 
-func (s state) readInfo() (clusterInfo, error) {
+// runningInfo is cluster.json of the cluster running in the directory; the error says when
+// none is (checkRunning).
+func (s state) runningInfo() (clusterInfo, error) {
 	var info clusterInfo
+	if err := s.checkRunning(); err != nil {
+		return info, err
+	}
 	data, err := os.ReadFile(s.path("cluster.json"))
 	if err != nil {
 		return info, err
