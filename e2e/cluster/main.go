@@ -4,14 +4,20 @@
 //
 //	pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]...
 //	pie-cluster down [--dir D]
+//	pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
+//	pie-cluster start-component [--dir D] [--timeout 2m] NAME
+//	pie-cluster compact [--dir D]
+//	pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N] [--audience A]... [--expires-in 1h] [--expired]
 //	kubectl ...            (this binary, called as kubectl)
 //
 // The other subcommands are the cluster's processes, started by the supervisor.
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,8 +33,14 @@ import (
 const usage = `usage:
   pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]... [--foreground]
   pie-cluster down [--dir D]
+  pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
+  pie-cluster start-component [--dir D] [--timeout 2m] NAME
+  pie-cluster compact [--dir D]
+  pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N]
+                    [--audience A]... [--expires-in 1h] [--expired]
   pie-cluster kubectl ARGS...   (or this binary called as kubectl)
-D defaults to $PIE_CLUSTER_DIR, else target/cluster.
+D defaults to $PIE_CLUSTER_DIR, else target/cluster. NAME is one of etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, provisioner, kubelet.
 `
 
 func main() {
@@ -50,6 +62,8 @@ func main() {
 			os.Exit(2)
 		}
 		os.Exit(supervisor.Down(absolute(*dir)))
+	case "stop-component", "start-component", "compact", "token":
+		os.Exit(clusterCommand(os.Args[1], args))
 	case "kubectl":
 		os.Exit(components.Kubectl(args))
 	case "etcd":
@@ -78,6 +92,83 @@ type images []string
 
 func (i *images) String() string     { return strings.Join(*i, " ") }
 func (i *images) Set(v string) error { *i = append(*i, v); return nil }
+
+// clusterCommand runs one of the commands that work on a running cluster. Flags may come
+// before or after the component's name; bad usage gets one line on stderr and exit code 2.
+func clusterCommand(name string, args []string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	dir := fs.String("dir", defaultDir(), "state directory")
+	var (
+		kill       bool
+		grace      time.Duration
+		timeout    time.Duration
+		token      supervisor.TokenOptions
+		audiences  images
+		positional = 0
+		usageLine  string
+	)
+	switch name {
+	case "stop-component":
+		fs.BoolVar(&kill, "kill", false, "SIGKILL at once instead of SIGTERM")
+		fs.DurationVar(&grace, "grace", 15*time.Second, "SIGKILL after this long if SIGTERM has not stopped it")
+		positional, usageLine = 1, "pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME"
+	case "start-component":
+		fs.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for it to be healthy")
+		positional, usageLine = 1, "pie-cluster start-component [--dir D] [--timeout 2m] NAME"
+	case "compact":
+		usageLine = "pie-cluster compact [--dir D]"
+	case "token":
+		fs.StringVar(&token.Namespace, "namespace", "", "namespace of the ServiceAccount (and the Pod)")
+		fs.StringVar(&token.ServiceAccount, "service-account", "", "the ServiceAccount")
+		fs.StringVar(&token.Pod, "pod", "", "bind the token to this Pod (and its node)")
+		fs.StringVar(&token.Node, "node", "", "bind the token to this Node (with --pod: the node of the pod claims)")
+		fs.Var(&audiences, "audience", "an audience (repeatable; default: the apiserver's)")
+		fs.DurationVar(&token.ExpiresIn, "expires-in", time.Hour, "lifetime")
+		fs.BoolVar(&token.Expired, "expired", false, "make it expired: exp 5 minutes ago, iat and nbf --expires-in before")
+		usageLine = "pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N] [--audience A]... [--expires-in 1h] [--expired]"
+	}
+	var rest []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			fmt.Printf("usage: %s\n", usageLine)
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return 0
+		} else if err != nil {
+			fmt.Fprintf(os.Stderr, "pie-cluster %s: %v (usage: %s)\n", name, err, usageLine)
+			return 2
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			rest = append(rest, args[0])
+			args = args[1:]
+		}
+	}
+	if len(rest) != positional {
+		what := "no arguments"
+		if positional == 1 {
+			what = "one component NAME"
+		}
+		fmt.Fprintf(os.Stderr, "pie-cluster %s: expected %s, got %d (usage: %s)\n", name, what, len(rest), usageLine)
+		return 2
+	}
+	if name == "token" && (token.Namespace == "" || token.ServiceAccount == "") {
+		fmt.Fprintf(os.Stderr, "pie-cluster token: --namespace and --service-account are required (usage: %s)\n", usageLine)
+		return 2
+	}
+	d := absolute(*dir)
+	switch name {
+	case "stop-component":
+		return supervisor.StopComponent(d, rest[0], kill, grace)
+	case "start-component":
+		return supervisor.StartComponent(d, rest[0], timeout)
+	case "compact":
+		return supervisor.Compact(d)
+	}
+	token.Audiences = audiences
+	return supervisor.Token(d, token)
+}
 
 func up(name string, args []string) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)

@@ -6,6 +6,9 @@
 //! when the test binary exits, however it exits, the pipe closes and the supervisor stops every
 //! component and deletes the cluster's temp dir. Set `PIE_E2E_KEEP_CLUSTER=1` to keep the dir
 //! (logs, audit log) after the run; its path is printed.
+//!
+//! A test that breaks its cluster on purpose (stops the API server, compacts etcd) takes one of
+//! its own, [`own_local_cluster`], stopped when it is dropped.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,9 +52,32 @@ pub struct TestCluster {
 #[derive(Debug)]
 struct LocalCluster {
     dir: PathBuf,
-    // Held open for the whole test binary: its end stops the cluster.
-    _stdin: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
+    // Held open while the cluster is used (the shared one: for the whole test binary): its end
+    // stops the cluster.
+    stdin: Mutex<Option<ChildStdin>>,
+    child: Mutex<Child>,
+}
+
+impl Drop for LocalCluster {
+    /// Closes the supervisor's stdin and waits (up to 90 s) until it has stopped every
+    /// component and removed the dir. Only clusters of [`own_local_cluster`] are dropped; the
+    /// shared one lives until the test binary exits.
+    fn drop(&mut self) {
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "the local cluster in {} did not stop within 90 s",
+            self.dir.display()
+        );
+    }
 }
 
 /// Whether `PIE_E2E_KEEP_CLUSTER` asks to keep the cluster's and the controller's dirs.
@@ -88,17 +114,43 @@ fn start_cluster(nodes: usize) -> Option<TestCluster> {
             local: None,
         });
     }
-    if crate::find_binary("go").is_none() {
-        // Straight to stderr, not eprintln!: the test harness captures the macros'
-        // output of a passing test, and the skip must show in every `cargo test` run.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping cluster e2e: Go is not installed, so the local cluster (e2e/cluster) \
-             cannot be built; install Go >= 1.26 or set PIE_E2E_KUBECONFIG"
-        );
+    if !go_installed() {
         return None;
     }
     Some(start_local(nodes))
+}
+
+/// A local cluster of `nodes` nodes for one test alone, for tests that stop its components or
+/// compact its etcd; dropping it stops it (every component, also one stopped or restarted on
+/// request) and removes its dir. `None`, after printing why on stderr, where the local cluster
+/// cannot run: with `PIE_E2E_KUBECONFIG` set, or without Go.
+pub fn own_local_cluster(nodes: usize) -> Option<TestCluster> {
+    if std::env::var_os("PIE_E2E_KUBECONFIG").is_some() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping: this test needs a local cluster of its own (PIE_E2E_KUBECONFIG is set)"
+        );
+        return None;
+    }
+    if !go_installed() {
+        return None;
+    }
+    Some(start_local(nodes))
+}
+
+/// Whether Go is there to build the local cluster; if not, says that the test skips.
+fn go_installed() -> bool {
+    if crate::find_binary("go").is_some() {
+        return true;
+    }
+    // Straight to stderr, not eprintln!: the test harness captures the macros' output of a
+    // passing test, and the skip must show in every `cargo test` run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping cluster e2e: Go is not installed, so the local cluster (e2e/cluster) cannot be \
+         built; install Go >= 1.26 or set PIE_E2E_KUBECONFIG"
+    );
+    false
 }
 
 /// Builds `pie-cluster` (Go; the build cache makes a rebuild take seconds) into the tests'
@@ -211,8 +263,8 @@ fn start_local(nodes: usize) -> TestCluster {
         kubectl: binary.with_file_name("kubectl"),
         local: Some(LocalCluster {
             dir,
-            _stdin: Mutex::new(stdin),
-            _child: Mutex::new(child),
+            stdin: Mutex::new(Some(stdin)),
+            child: Mutex::new(child),
         }),
     }
 }
@@ -427,6 +479,150 @@ impl TestCluster {
             return String::new();
         };
         file_tail(&dir.join("logs").join(format!("{component}.log")), lines)
+    }
+
+    /// Stops one component of the local cluster (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`, `kube-scheduler`, `provisioner`, `kubelet`) with SIGTERM
+    /// (SIGKILL after 15 s) and returns once it has exited; the rest of the cluster runs on.
+    /// Panics with `pie-cluster`'s stderr when that fails, and on a cluster other than the local
+    /// one (`is_local()`).
+    pub fn stop_component(&self, name: &str) {
+        self.pie_cluster(&["stop-component", name]);
+    }
+
+    /// Like [`TestCluster::stop_component`], with SIGKILL at once (a crash).
+    pub fn kill_component(&self, name: &str) {
+        self.pie_cluster(&["stop-component", "--kill", name]);
+    }
+
+    /// Starts a component stopped by [`TestCluster::stop_component`] again, with the same
+    /// arguments, ports, certificates and identity, and returns once it is healthy (the API
+    /// server: `/readyz` on the same port). Panics like `stop_component`.
+    pub fn start_component(&self, name: &str) {
+        self.pie_cluster(&["start-component", name]);
+    }
+
+    /// Compacts the local cluster's etcd to its current revision (as kube-apiserver's compactor
+    /// does) and returns that revision. Panics like `stop_component`.
+    pub fn compact_etcd(&self) -> u64 {
+        let out = self.pie_cluster(&["compact"]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("pie-cluster compact printed {out:?}: {e}"))
+    }
+
+    /// A service-account token signed with the local cluster's key and issuer, with the claims
+    /// TokenRequest would put in it, and what TokenRequest cannot make (`expired`, lifetimes
+    /// under 10 minutes, a Pod of another ServiceAccount). Panics like `stop_component`.
+    pub fn mint_token(&self, opts: &TokenOptions) -> String {
+        let mut args = vec![
+            "token".to_owned(),
+            "--namespace".to_owned(),
+            opts.namespace.clone(),
+            "--service-account".to_owned(),
+            opts.service_account.clone(),
+        ];
+        for (flag, value) in [("--pod", &opts.pod), ("--node", &opts.node)] {
+            if let Some(value) = value {
+                args.extend([flag.to_owned(), value.clone()]);
+            }
+        }
+        for audience in &opts.audiences {
+            args.extend(["--audience".to_owned(), audience.clone()]);
+        }
+        if let Some(lifetime) = opts.expires_in {
+            args.extend([
+                "--expires-in".to_owned(),
+                format!("{}ms", lifetime.as_millis()),
+            ]);
+        }
+        if opts.expired {
+            args.push("--expired".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.pie_cluster(&args).trim().to_owned()
+    }
+
+    /// The local cluster's etcd client URL (`http://127.0.0.1:PORT`, from `cluster.json`);
+    /// `None` on other clusters.
+    pub fn etcd_url(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Info {
+            etcd: String,
+        }
+        let path = self.dir()?.join("cluster.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let info: Info =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Some(info.etcd)
+    }
+
+    /// The PID of a component of the local cluster (`pids/<name>`), if it runs; `None` on
+    /// other clusters.
+    pub fn component_pid(&self, name: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir()?.join("pids").join(name)).ok()?;
+        let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// Runs `pie-cluster ARGS --dir DIR` on the local cluster; returns stdout, panics with
+    /// stderr when it fails.
+    fn pie_cluster(&self, args: &[&str]) -> String {
+        let dir = self.dir().unwrap_or_else(|| {
+            panic!(
+                "pie-cluster {} needs the local cluster, not PIE_E2E_KUBECONFIG's: skip this \
+                 test unless cluster.is_local()",
+                args[0]
+            )
+        });
+        let out = Command::new(build_pie_cluster())
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run pie-cluster {}: {e}", args[0]));
+        assert!(
+            out.status.success(),
+            "pie-cluster {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// What [`TestCluster::mint_token`] puts in a token (`pie-cluster token`'s flags).
+#[derive(Debug, Clone, Default)]
+pub struct TokenOptions {
+    /// Namespace of the ServiceAccount (and of the Pod).
+    pub namespace: String,
+    /// The ServiceAccount; it must exist (its UID goes into the token).
+    pub service_account: String,
+    /// Binds the token to this Pod of the namespace: pod and node claims, as TokenRequest's
+    /// `boundObjectRef` does. The Pod may run as another ServiceAccount.
+    pub pod: Option<String>,
+    /// Binds the token to this Node; with `pod`, names the node of the pod claims instead of
+    /// the Pod's own.
+    pub node: Option<String>,
+    /// Audiences; empty: the API server's own (its issuer URL).
+    pub audiences: Vec<String>,
+    /// Lifetime; `None`: one hour.
+    pub expires_in: Option<Duration>,
+    /// Expired 5 minutes ago (beyond the API server's minute of leeway), issued `expires_in`
+    /// before that.
+    pub expired: bool,
+}
+
+impl TokenOptions {
+    /// A token of `namespace/service_account`, for the API server's audience, one hour.
+    pub fn new(namespace: &str, service_account: &str) -> TokenOptions {
+        TokenOptions {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            ..TokenOptions::default()
+        }
     }
 }
 

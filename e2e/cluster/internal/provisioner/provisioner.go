@@ -11,9 +11,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -44,6 +47,7 @@ func Main(args []string) int {
 	fs := flag.NewFlagSet("provisioner", flag.ContinueOnError)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the provisioner's identity")
 	root := fs.String("root", "", "directory that holds the volumes")
+	healthPort := fs.Int("health-port", 0, "serve /healthz on this port of 127.0.0.1 (0: not at all)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -72,9 +76,36 @@ func Main(args []string) int {
 		controller.FailedDeleteThreshold(0),
 		controller.MetricsPort(0),
 	)
+	if *healthPort != 0 {
+		if err := serveHealth(ctx, *healthPort, pc.HasRun); err != nil {
+			fmt.Fprintf(os.Stderr, "provisioner: %v\n", err)
+			return 1
+		}
+	}
 	klog.InfoS("provisioner started", "name", Name, "root", *root)
 	pc.Run(ctx)
 	return 0
+}
+
+// serveHealth answers GET /healthz on 127.0.0.1:port: 200 once the provision controller runs
+// (what `pie-cluster start-component provisioner` waits for), 503 before.
+func serveHealth(ctx context.Context, port int, running func() bool) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !running() {
+			http.Error(w, "the provision controller is not running yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = server.Serve(ln) }()
+	go func() { <-ctx.Done(); _ = server.Close() }()
+	return nil
 }
 
 // Provision creates <root>/<node>/<pv> and a `local` PV pinned to that node.

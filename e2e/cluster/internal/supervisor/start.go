@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -79,6 +78,7 @@ func (s *supervisor) allocatePorts() error {
 	if s.ports.apiserver == 0 {
 		s.ports.apiserver = pick()
 	}
+	s.ports.controllerManager, s.ports.scheduler, s.ports.provisioner = pick(), pick(), pick()
 	for range s.opts.Nodes {
 		s.ports.kubelets = append(s.ports.kubelets, pick())
 	}
@@ -97,6 +97,13 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 	}
 	s.files = files
 	server := fmt.Sprintf("https://127.0.0.1:%d", s.ports.apiserver)
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", s.ports.etcdClient)
+	// What the commands run against a running cluster (compact, token) need to know.
+	if err := s.st.writeInfo(clusterInfo{
+		APIServer: server, Etcd: etcdURL, ServiceAccountIssuer: server, ServiceAccountKey: files.SAKey,
+	}); err != nil {
+		return "", err
+	}
 	kubeconfig := func(name string) string { return s.st.path("kubeconfigs", name+".kubeconfig") }
 	if err := files.WriteKubeconfig(s.st.path("kubeconfig"), server, "admin"); err != nil {
 		return "", err
@@ -111,14 +118,21 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 		return "", err
 	}
 
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", s.ports.etcdClient)
+	config, err := clientcmd.BuildConfigFromFlags("", s.st.path("kubeconfig"))
+	if err != nil {
+		return "", err
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return "", err
+	}
+	s.client = client
+
 	if err := s.spawn("etcd", "--data-dir", s.st.path("etcd"), "--listen-client-url", etcdURL,
 		"--listen-peer-url", fmt.Sprintf("http://127.0.0.1:%d", s.ports.etcdPeer)); err != nil {
 		return "", err
 	}
-	if err := s.waitFor(ctx, "etcd to be healthy", func(ctx context.Context) (bool, string) {
-		return httpOK(ctx, etcdURL+"/health"), ""
-	}); err != nil {
+	if err := s.waitHealthy(ctx, "etcd"); err != nil {
 		return "", err
 	}
 
@@ -144,33 +158,42 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 		"--audit-log-format=json", "--audit-log-maxbackup=1", "--audit-log-maxsize=512",
 		"--cert-dir="+s.st.path("pki"),
 		"--profiling=false",
+		// On SIGTERM (stop-component, down) end the open watches at once, as a graceful
+		// shutdown: without this the HTTP server waits for them until --request-timeout (60 s)
+		// and the apiserver takes that long to exit. Clients see their watches end and
+		// reconnect.
+		"--shutdown-watch-termination-grace-period=5s",
 	); err != nil {
 		return "", err
 	}
-	config, err := clientcmd.BuildConfigFromFlags("", s.st.path("kubeconfig"))
-	if err != nil {
-		return "", err
-	}
-	client, err := kubernetes.NewForConfig(config)
-	if err != nil {
-		return "", err
-	}
-	if err := s.waitFor(ctx, "kube-apiserver to be ready", func(ctx context.Context) (bool, string) {
-		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		if err != nil {
-			return false, strings.TrimSpace(string(body))
-		}
-		return true, ""
-	}); err != nil {
+	if err := s.waitHealthy(ctx, "kube-apiserver"); err != nil {
 		return "", err
 	}
 	if err := createStorageClasses(ctx, client); err != nil {
 		return "", err
 	}
 
-	if err := s.spawn("kube-controller-manager",
+	// The controller manager and the scheduler serve /healthz (what start-component waits for)
+	// on 127.0.0.1 with a certificate of the cluster CA; their delegated authentication and
+	// authorization use their own identities, as kubeadm sets them up.
+	serving := func(name string, port int) ([]string, error) {
+		cert, key, err := files.ServingCertFor(name + "-serving")
+		if err != nil {
+			return nil, err
+		}
+		return []string{
+			"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(port),
+			"--tls-cert-file=" + cert, "--tls-private-key-file=" + key,
+			"--authentication-kubeconfig=" + kubeconfig(name), "--authorization-kubeconfig=" + kubeconfig(name),
+		}, nil
+	}
+	kcmServing, err := serving("kube-controller-manager", s.ports.controllerManager)
+	if err != nil {
+		return "", err
+	}
+	if err := s.spawn("kube-controller-manager", append(kcmServing,
 		"--kubeconfig="+kubeconfig("kube-controller-manager"),
-		"--leader-elect=false", "--secure-port=0",
+		"--leader-elect=false",
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+files.SAKey,
 		"--root-ca-file="+files.CACert,
@@ -178,29 +201,33 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 		"--controllers="+strings.Join(controllers, ","),
 		// A node whose heartbeats stop is Unknown after 20 s rather than 50 s.
 		"--node-monitor-grace-period=20s", "--node-monitor-period=2s",
-	); err != nil {
+	)...); err != nil {
 		return "", err
 	}
-	if err := s.spawn("kube-scheduler", "--kubeconfig="+kubeconfig("kube-scheduler"),
-		"--leader-elect=false", "--secure-port=0"); err != nil {
+	schedulerServing, err := serving("kube-scheduler", s.ports.scheduler)
+	if err != nil {
 		return "", err
 	}
-	if err := s.spawn("provisioner", "--kubeconfig="+kubeconfig("provisioner"), "--root="+s.st.path("volumes")); err != nil {
+	if err := s.spawn("kube-scheduler", append(schedulerServing,
+		"--kubeconfig="+kubeconfig("kube-scheduler"), "--leader-elect=false")...); err != nil {
+		return "", err
+	}
+	if err := s.spawn("provisioner", "--kubeconfig="+kubeconfig("provisioner"), "--root="+s.st.path("volumes"),
+		"--health-port="+strconv.Itoa(s.ports.provisioner)); err != nil {
 		return "", err
 	}
 	kubeletConfig, nodes, err := s.kubeletConfig(kubeconfig("kubelet"))
 	if err != nil {
 		return "", err
 	}
+	s.nodes = nodes
 	if err := s.spawn("kubelet", "--config="+kubeletConfig); err != nil {
 		return "", err
 	}
-
-	if err := s.waitFor(ctx, fmt.Sprintf("%d Ready nodes", len(nodes)), func(ctx context.Context) (bool, string) {
-		ready := readyNodes(ctx, client, nodes)
-		return ready == len(nodes), fmt.Sprintf("%d of %d Ready and untainted", ready, len(nodes))
-	}); err != nil {
-		return "", err
+	for _, name := range []string{"kubelet", "kube-controller-manager", "kube-scheduler", "provisioner"} {
+		if err := s.waitHealthy(ctx, name); err != nil {
+			return "", err
+		}
 	}
 	if err := s.waitFor(ctx, "the default ServiceAccount (serviceaccount controller)", func(ctx context.Context) (bool, string) {
 		_, err := client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
@@ -227,21 +254,6 @@ func version(ctx context.Context, client kubernetes.Interface) string {
 	}
 	_ = ctx
 	return v.GitVersion
-}
-
-func httpOK(ctx context.Context, url string) bool {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
 }
 
 func (s *supervisor) kubeletConfig(kubeconfig string) (string, []string, error) {

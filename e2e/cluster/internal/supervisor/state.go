@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,6 +18,8 @@ import (
 //
 //	kubeconfig          the admin kubeconfig
 //	ready               written once the cluster is up (what `up` printed)
+//	cluster.json        its endpoints (apiserver, etcd) and service-account issuer and key
+//	supervisor.sock     the supervisor's control socket (stop-component, start-component)
 //	failed              why the supervisor stopped the cluster, if it did
 //	supervisor.pid      the supervisor process
 //	pids/               one file per component and container process group: "PID STARTTIME"
@@ -119,4 +122,55 @@ func (s state) create() error {
 
 func (s state) recordSupervisor() error {
 	return proc.Record(s.path("supervisor.pid"), os.Getpid())
+}
+
+// clusterInfo is cluster.json: what the commands that work on a running cluster (compact,
+// token) need to know of it.
+type clusterInfo struct {
+	APIServer            string `json:"apiserver"`
+	Etcd                 string `json:"etcd"`
+	ServiceAccountIssuer string `json:"serviceAccountIssuer"`
+	ServiceAccountKey    string `json:"serviceAccountKey"`
+}
+
+func (s state) writeInfo(info clusterInfo) error {
+	data, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(s.path("cluster.json"), append(data, '\n'), 0o644)
+}
+
+// runningInfo is cluster.json of the cluster running in the directory; the error says when
+// none is (checkRunning).
+func (s state) runningInfo() (clusterInfo, error) {
+	var info clusterInfo
+	if err := s.checkRunning(); err != nil {
+		return info, err
+	}
+	data, err := os.ReadFile(s.path("cluster.json"))
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(data, &info); err != nil {
+		return info, fmt.Errorf("%s: %w", s.path("cluster.json"), err)
+	}
+	return info, nil
+}
+
+// checkRunning checks that the directory holds a running cluster; the error says what is
+// there instead, as `down` would ("no local cluster in D", "no local cluster is running in D;
+// it had stopped: WHY").
+func (s state) checkRunning() error {
+	if _, err := os.Stat(s.path(marker)); err != nil {
+		return fmt.Errorf("no local cluster in %s", s.dir)
+	}
+	if s.supervisorPid() == 0 {
+		msg := fmt.Sprintf("no local cluster is running in %s", s.dir)
+		if why, err := os.ReadFile(s.path("failed")); err == nil {
+			msg += "; it had stopped: " + strings.TrimSpace(string(why))
+		}
+		return errors.New(msg)
+	}
+	return nil
 }

@@ -2,7 +2,9 @@
 // kube-apiserver, kube-controller-manager and kube-scheduler (each a process of the
 // pie-cluster binary), the process kubelet and the test provisioner, all on 127.0.0.1, all
 // state in one directory. A component that exits stops the whole cluster with one line that
-// names it and its log.
+// names it and its log, unless it was stopped on request (`pie-cluster stop-component`, over
+// the supervisor's control socket): then it stays stopped until `start-component` starts it
+// again with the same arguments.
 package supervisor
 
 import (
@@ -16,8 +18,11 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pie-rs/pie/e2e/cluster/internal/kubelet"
 	"github.com/pie-rs/pie/e2e/cluster/internal/pki"
@@ -45,24 +50,44 @@ type Options struct {
 	Self string
 }
 
-// component is one process of the cluster.
+// component is one process of the cluster: one run of it (a restart is a new component with
+// the same name and arguments).
 type component struct {
-	name string
-	cmd  *exec.Cmd
-	done chan error
+	name  string
+	args  []string
+	cmd   *exec.Cmd
+	begin time.Time
+	// exited is closed once the process has exited and cmd.ProcessState is set.
+	exited chan struct{}
+	// requested: it is being stopped, or was stopped, on request; its exit is not fatal.
+	// Guarded by supervisor.mu.
+	requested bool
 }
 
 type supervisor struct {
-	opts    Options
-	st      state
-	files   pki.Files
-	ports   ports
+	opts  Options
+	st    state
+	files pki.Files
+	ports ports
+	// exited receives each component that exits.
+	exited chan *component
+
+	mu sync.Mutex
+	// running holds the latest run of each component, in start order.
 	running []*component
-	exited  chan *component
+	// shutdown is set, and halt closed, once stopAll has begun: no component is started any
+	// more.
+	shutdown bool
+	halt     chan struct{}
+	// client is the admin client of the health checks; nodes are the kubelet's.
+	client kubernetes.Interface
+	nodes  []string
 }
 
 type ports struct {
 	etcdClient, etcdPeer, apiserver int
+	controllerManager, scheduler    int
+	provisioner                     int
 	kubelets                        []int
 }
 
@@ -157,7 +182,7 @@ func Up(opts Options) int {
 func Supervise(opts Options) int { return supervise(opts) }
 
 func supervise(opts Options) int {
-	s := &supervisor{opts: opts, st: state{dir: opts.Dir}, exited: make(chan *component, 16)}
+	s := &supervisor{opts: opts, st: state{dir: opts.Dir}, exited: make(chan *component, 16), halt: make(chan struct{})}
 	if err := s.st.recordSupervisor(); err != nil {
 		return s.failed("%v", err)
 	}
@@ -189,6 +214,13 @@ func supervise(opts Options) int {
 		}
 		return s.failed("%v", err)
 	}
+	// The control socket is there before `ready` says the cluster is.
+	control, err := s.serveControl()
+	if err != nil {
+		s.stopAll()
+		return s.failed("control socket: %v", err)
+	}
+	defer control.Close()
 	if err := os.WriteFile(s.st.path("ready"), []byte(summary), 0o644); err != nil {
 		s.stopAll()
 		return s.failed("%v", err)
@@ -196,12 +228,18 @@ func supervise(opts Options) int {
 	if opts.Foreground {
 		fmt.Print(summary)
 	}
-	select {
-	case <-stopping:
-	case c := <-s.exited:
-		why := fmt.Sprintf("%s exited unexpectedly (%v); its log: %s", c.name, exitText(c), s.st.path("logs", c.name+".log"))
-		s.stopAll()
-		return s.failed("%s", why)
+	for done := false; !done; {
+		select {
+		case <-stopping:
+			done = true
+		case c := <-s.exited:
+			if s.stoppedOnRequest(c) {
+				continue
+			}
+			why := fmt.Sprintf("%s exited unexpectedly (%v); its log: %s", c.name, exitText(c), s.st.path("logs", c.name+".log"))
+			s.stopAll()
+			return s.failed("%s", why)
+		}
 	}
 	s.stopAll()
 	if opts.RemoveDir {
@@ -215,11 +253,20 @@ func supervise(opts Options) int {
 	return 0
 }
 
+// exitText is how a component that has exited ended ("exit status 1", "signal: killed").
 func exitText(c *component) string {
-	if c.cmd.ProcessState != nil {
+	select {
+	case <-c.exited:
 		return c.cmd.ProcessState.String()
+	default:
+		return "still running"
 	}
-	return "unknown status"
+}
+
+func (s *supervisor) stoppedOnRequest(c *component) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.requested
 }
 
 // failed records why the cluster stopped, says it on stderr and returns exit code 1.
@@ -236,53 +283,86 @@ func fail(format string, args ...any) int {
 	return 1
 }
 
-// spawn starts a component (a pie-cluster subcommand) with its output in logs/<name>.log.
-// It dies with the supervisor (parent-death signal) and is recorded in pids/.
+// spawn starts a component (a pie-cluster subcommand) with its output in logs/<name>.log and
+// adds it to running. It dies with the supervisor (parent-death signal) and is recorded in
+// pids/.
 func (s *supervisor) spawn(name string, args ...string) error {
-	log, err := os.OpenFile(s.st.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.startLocked(name, args)
 	if err != nil {
 		return err
+	}
+	s.running = append(s.running, c)
+	return nil
+}
+
+// startLocked starts one run of a component; s.mu is held.
+func (s *supervisor) startLocked(name string, args []string) (*component, error) {
+	if s.shutdown {
+		return nil, fmt.Errorf("not starting %s: the cluster is stopping", name)
+	}
+	log, err := os.OpenFile(s.st.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
 	}
 	defer log.Close()
 	cmd := exec.Command(s.opts.Self, append([]string{name}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "PIE_CLUSTER_DIR="+s.opts.Dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	c := &component{name: name, args: args, cmd: cmd, begin: time.Now(), exited: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", name, err)
+		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	c := &component{name: name, cmd: cmd, done: make(chan error, 1)}
 	_ = s.st.writePid(name, cmd.Process.Pid)
-	s.running = append(s.running, c)
 	go func() {
-		err := cmd.Wait()
-		c.done <- err
-		close(c.done)
+		_ = cmd.Wait()
+		close(c.exited)
 		select {
 		case s.exited <- c:
 		default:
 		}
 	}()
-	return nil
+	return c, nil
 }
 
-// stopAll stops the components in reverse start order: SIGTERM, SIGKILL after 15 s.
+// stopAll stops the components in reverse start order: SIGTERM, SIGKILL after 15 s. Nothing
+// is started after it has begun.
 func (s *supervisor) stopAll() {
-	for i := len(s.running) - 1; i >= 0; i-- {
-		c := s.running[i]
-		if c.cmd.ProcessState != nil {
-			continue
-		}
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.done:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-			<-c.done
-		}
+	s.mu.Lock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.halt)
+	}
+	running := s.running
+	s.running = nil
+	s.mu.Unlock()
+	for i := len(running) - 1; i >= 0; i-- {
+		stop(running[i], false, 15*time.Second)
 	}
 	s.st.killLeftovers()
-	s.running = nil
+}
+
+// stop ends a component, SIGTERM then SIGKILL to its process group after grace (at once with
+// kill), and returns once it has exited.
+func stop(c *component, kill bool, grace time.Duration) {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	if kill {
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	} else {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(grace):
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-c.exited
+	}
 }
 
 // waitFor polls check until it passes, a component exits, or ctx ends. what names the
