@@ -53,7 +53,8 @@ pub struct RunOptions {
 pub struct Handles {
     eligibility: Arc<RwLock<EligibilityMap>>,
     counted: Arc<tracker::CountedPods>,
-    provision_runnable: Arc<RwLock<reconcile::ProvisionMap>>,
+    /// The (stripped) Node cache of the current term, for eligibility at decision time.
+    nodes: Arc<RwLock<Option<Store<Node>>>>,
     probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
 }
 
@@ -107,10 +108,7 @@ impl Handles {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.provision_runnable
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn probe(&self, namespace: &str, name: &str) -> Option<Arc<PieProbe>> {
@@ -126,22 +124,35 @@ impl ProbeIndex for Handles {
         parse_threshold_ms(&self.probe(namespace, name)?.spec.probe_threshold)
     }
 
+    /// From the Node cache, as the plan decides it: whether `node` is selected by the PieProbe
+    /// and eligible now. Not from the last plan, which a restarted controller does not have yet
+    /// when it decides the outcomes of the probes it finds (the real cluster showed late probes
+    /// of healthy nodes dropped as "ineligible" right after a restart).
     fn node_eligible(&self, namespace: &str, name: &str, node: &str, storage_class: &str) -> bool {
-        let map = self.eligibility.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&(namespace.to_owned(), name.to_owned()))
-            .into_iter()
-            .flatten()
-            .any(|e| e.node == node && e.storage_class == storage_class && e.ineligible.is_none())
+        let Some(probe) = self.probe(namespace, name) else {
+            return false;
+        };
+        if probe.spec.monitoring_storage_class != storage_class || probe.spec.disable_mount_probes {
+            return false;
+        }
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(nodes) = nodes.as_ref() else {
+            return true;
+        };
+        nodes
+            .get(&ObjectRef::new(node))
+            .is_some_and(|n| plan::eligible_for(&probe, &n))
     }
 
     fn provision_runnable(&self, namespace: &str, name: &str) -> bool {
-        let map = self
-            .provision_runnable
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        map.get(&(namespace.to_owned(), name.to_owned()))
-            .copied()
-            .unwrap_or(true)
+        let Some(probe) = self.probe(namespace, name) else {
+            return true;
+        };
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(nodes) = nodes.as_ref() else {
+            return true;
+        };
+        nodes.state().iter().any(|n| plan::eligible_for(&probe, n))
     }
 
     fn namespaces(&self) -> std::collections::BTreeSet<String> {
@@ -299,16 +310,22 @@ async fn lead(
     let (tx, _) = broadcast::channel::<Trigger>(1024);
     let (nodes, node_writer) = reflector::store();
     let (storage_classes, sc_writer) = reflector::store();
-    tokio::spawn(watch_nodes(
-        Api::all(client.clone()),
-        node_writer,
-        tx.clone(),
-    ));
-    tokio::spawn(watch_storage_classes(
-        Api::all(client.clone()),
-        sc_writer,
-        tx.clone(),
-    ));
+    let (nodes_listed, nodes_listed_rx) = tokio::sync::watch::channel(false);
+    // The watches of this term end with it.
+    let term_tasks = [
+        tokio::spawn(watch_nodes(
+            Api::all(client.clone()),
+            node_writer,
+            tx.clone(),
+            nodes_listed,
+        )),
+        tokio::spawn(watch_storage_classes(
+            Api::all(client.clone()),
+            sc_writer,
+            tx.clone(),
+        )),
+    ];
+    *handles.nodes.write().unwrap_or_else(|e| e.into_inner()) = Some(nodes.clone());
 
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
@@ -322,10 +339,14 @@ async fn lead(
             instance: Some(options.identity.clone()),
         },
     );
-    let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> =
-        vec![ready(nodes.clone()), ready(storage_classes.clone())];
+    let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> = vec![
+        listed(nodes_listed_rx.clone(), "Node"),
+        ready(storage_classes.clone()),
+    ];
     let mut controllers = Vec::new();
-    let mut probes_ready = Vec::new();
+    // Outcomes need the PieProbes (thresholds) and the Nodes (eligibility) before the first
+    // probe Pod is looked at.
+    let mut probes_ready = vec![listed(nodes_listed_rx, "Node")];
     for scope in scopes.clone() {
         let ns = scope.as_deref();
         let (cron_jobs, cj_writer) = reflector::store();
@@ -342,7 +363,6 @@ async fn lead(
             stores,
             recorder.clone(),
             handles.eligibility.clone(),
-            handles.provision_runnable.clone(),
         ));
         // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
         // signal of its own: the Controller already waits on the store (it holds its runner
@@ -369,11 +389,11 @@ async fn lead(
             .unwrap_or_else(|e| e.into_inner())
             .push(probes.clone());
         to_sync.extend([
-            listed(probes_synced_rx.clone()),
+            listed(probes_synced_rx.clone(), "PieProbe"),
             ready(cron_jobs),
             ready(pvcs),
         ]);
-        probes_ready.push(listed(probes_synced_rx));
+        probes_ready.push(listed(probes_synced_rx, "PieProbe"));
         let shutdown = stopped();
         let run = controller
             .owns_stream(owned(
@@ -434,6 +454,9 @@ async fn lead(
     };
     futures::future::join(futures::future::join_all(controllers), outcomes).await;
     synced_task.abort();
+    for task in term_tasks {
+        task.abort();
+    }
     let end = end_rx.borrow().unwrap_or(TermEnd::Shutdown);
     stopper.abort();
     end
@@ -455,13 +478,15 @@ where
     })
 }
 
-/// Resolves once the watch behind `synced` has finished its first list (any number of waiters).
+/// Resolves once the watch of `kind` behind `synced` has finished its first list (any number of
+/// waiters).
 fn listed(
     mut synced: tokio::sync::watch::Receiver<bool>,
+    kind: &'static str,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(async move {
         let _ = synced.wait_for(|listed| *listed).await;
-        tracing::debug!(kind = "PieProbe", "cache synced");
+        tracing::debug!(kind, "cache synced");
     })
 }
 
@@ -511,7 +536,12 @@ fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
     Some(h.finish())
 }
 
-async fn watch_nodes(api: Api<Node>, mut writer: Writer<Node>, tx: broadcast::Sender<Trigger>) {
+async fn watch_nodes(
+    api: Api<Node>,
+    mut writer: Writer<Node>,
+    tx: broadcast::Sender<Trigger>,
+    listed: tokio::sync::watch::Sender<bool>,
+) {
     let mut changes = nodes::NodeChanges::default();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -519,6 +549,9 @@ async fn watch_nodes(api: Api<Node>, mut writer: Writer<Node>, tx: broadcast::Se
     logged(events, "nodes")
         .for_each(|event| {
             writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                listed.send_replace(true);
+            }
             for node in changes.observe(&event) {
                 let _ = tx.send(Trigger::Node(Arc::new(node)));
             }
@@ -627,7 +660,9 @@ mod tests {
     #[tokio::test]
     async fn the_pieprobe_list_reaches_every_waiter() {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(listed(rx.clone()))).collect();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(listed(rx.clone(), "PieProbe")))
+            .collect();
         tokio::task::yield_now().await;
         tx.send_replace(true);
         for waiter in waiters {
@@ -637,7 +672,7 @@ mod tests {
                 .unwrap();
         }
         // A waiter that comes after the list returns at once.
-        tokio::time::timeout(std::time::Duration::from_secs(5), listed(rx))
+        tokio::time::timeout(std::time::Duration::from_secs(5), listed(rx, "PieProbe"))
             .await
             .expect("a late waiter returns at once");
     }

@@ -57,9 +57,6 @@ pub struct Context {
     /// Latest per-node eligibility of every reconciled PieProbe (shared by the per-namespace
     /// controllers).
     pub eligibility: Arc<RwLock<EligibilityMap>>,
-    /// Whether each reconciled PieProbe's provision probe can run (some selected node is
-    /// eligible), shared with the outcome tracker.
-    pub provision_runnable: Arc<RwLock<ProvisionMap>>,
     failures: Mutex<HashMap<(String, String), u32>>,
 }
 
@@ -79,7 +76,6 @@ impl Context {
         stores: Stores,
         recorder: Recorder,
         eligibility: Arc<RwLock<EligibilityMap>>,
-        provision_runnable: Arc<RwLock<ProvisionMap>>,
     ) -> Self {
         Self {
             client,
@@ -87,14 +83,10 @@ impl Context {
             stores,
             recorder,
             eligibility,
-            provision_runnable,
             failures: Mutex::default(),
         }
     }
 }
-
-/// Whether each PieProbe's provision probe can run, keyed by (namespace, name).
-pub type ProvisionMap = std::collections::BTreeMap<(String, String), bool>;
 
 fn key(probe: &PieProbe) -> (String, String) {
     (probe.namespace().unwrap_or_default(), probe.name_any())
@@ -136,10 +128,6 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key(&probe), plan.nodes.clone());
-    ctx.provision_runnable
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key(&probe), plan.provision_runnable());
     let desired_status =
         status::with_apply_failures(desired_status, &failures, probe.metadata.generation, &now);
     write_status(&ctx, &probe, &ns, desired_status).await?;

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::actions;
-use crate::domain::outcome::machine::{Action, Machine, Observation};
+use crate::domain::outcome::machine::{Action, Decision, Machine, Observation};
 use crate::domain::outcome::observe::{self, Known, ProbeIndex};
 use crate::k8s::watch::{by_label, logged, managed_selector, provision_pvc_selector, scoped};
 use crate::metrics::push::Pusher;
@@ -88,15 +88,15 @@ impl Tracker {
         }
     }
 
-    /// Feeds one observation: records its metric updates (queued for remote write at once),
-    /// then which Pods are counted, and returns the actions to carry out.
-    pub fn step(&mut self, observation: Observation, now_ms: i64) -> Vec<Action> {
+    /// Feeds one observation: records the updates that need no mark (queued for remote write
+    /// at once), notes the Pods seen counted or gone, and returns the decisions to settle.
+    pub fn step(&mut self, observation: Observation, now_ms: i64) -> Vec<Decision> {
         let out = self.machine.observe(observation, now_ms);
         if !out.updates.is_empty() {
             self.pusher.record(out.updates);
         }
         self.counted.update(out.counted, out.forgotten);
-        out.actions
+        out.decisions
     }
 
     /// Probe Pods tracked (tests read it).
@@ -178,6 +178,56 @@ async fn watch_events<I: ProbeIndex>(client: Client, index: Arc<I>, tx: mpsc::Se
     }
 }
 
+/// Carries out a decision: marks the Pod, then records the outcome (queued for remote write at
+/// once) and notes the Pod counted (from then on the results API answers it), then deletes a
+/// late Pod's Job and shows the outcome in the PieProbe's status. A mark that cannot be made
+/// after the retries (the API server is away) does not hold the outcome back.
+async fn settle(client: Client, pusher: Pusher, counted: Arc<CountedPods>, decision: Decision) {
+    let Decision {
+        uid,
+        mark,
+        updates,
+        actions,
+    } = decision;
+    if let Some(mark) = &mark
+        && let Err(e) = act(&client, mark).await
+    {
+        warn!(error = %e, action = ?mark, "could not mark a probe Pod counted; counting it anyway");
+    }
+    if let Some(Action::RecordOutcome {
+        namespace,
+        pie_probe,
+        kind,
+        node,
+        result,
+        reason,
+        ..
+    }) = actions
+        .iter()
+        .find(|a| matches!(a, Action::RecordOutcome { .. }))
+    {
+        debug!(%namespace, %pie_probe, probe = kind.label(), ?node, result, ?reason, "probe outcome counted");
+    }
+    pusher.record(updates);
+    counted.update(vec![uid], Vec::new());
+    for action in &actions {
+        if let Err(e) = act(&client, action).await {
+            warn!(error = %e, ?action, "could not carry out an outcome action");
+        }
+    }
+}
+
+/// Carries out `action` with [`ACTION_ATTEMPTS`] attempts.
+async fn act(client: &Client, action: &Action) -> Result<(), kube::Error> {
+    let result =
+        actions::execute_with_retries(client, action, ACTION_ATTEMPTS, Duration::from_millis(200))
+            .await;
+    if result.is_ok() {
+        debug!(?action, "done");
+    }
+    result
+}
+
 /// Runs the outcome tracking for `scopes` (`None`: all namespaces) until `shutdown` resolves.
 pub async fn run<I>(
     client: Client,
@@ -244,21 +294,13 @@ pub async fn run<I>(
             _ = tick.tick() => Observation::Tick,
             () = &mut shutdown => break,
         };
-        for action in tracker.step(observation, now_ms()) {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let result = actions::execute_with_retries(
-                    &client,
-                    &action,
-                    ACTION_ATTEMPTS,
-                    Duration::from_millis(200),
-                )
-                .await;
-                match result {
-                    Ok(()) => debug!(?action, "done"),
-                    Err(e) => warn!(error = %e, ?action, "could not carry out an outcome action"),
-                }
-            });
+        for decision in tracker.step(observation, now_ms()) {
+            tokio::spawn(settle(
+                client.clone(),
+                tracker.pusher.clone(),
+                tracker.counted.clone(),
+                decision,
+            ));
         }
     }
     drop(tasks);

@@ -35,17 +35,23 @@ fn late_pod() -> PodObs {
 }
 
 #[test]
-fn a_step_records_its_updates_and_returns_its_actions() {
+fn a_step_returns_its_decisions_and_records_nothing_of_them_yet() {
     let pusher = pusher();
     let mut tracker = Tracker::new(pusher.clone(), Arc::default());
-    let actions = tracker.step(Observation::Pod(late_pod()), 72_000);
+    let decisions = tracker.step(Observation::Pod(late_pod()), 72_000);
+    assert_eq!(decisions.len(), 1);
+    let d = &decisions[0];
+    assert_eq!(d.uid, "u1");
     assert_eq!(
-        actions,
+        d.mark,
+        Some(Action::MarkCounted {
+            namespace: "pie".into(),
+            pod: "mount-p-n1-sc-abc-1-x".into()
+        })
+    );
+    assert_eq!(
+        d.actions,
         [
-            Action::MarkCounted {
-                namespace: "pie".into(),
-                pod: "mount-p-n1-sc-abc-1-x".into()
-            },
             Action::DeleteJob {
                 namespace: "pie".into(),
                 job: "mount-p-n1-sc-abc-1".into()
@@ -63,17 +69,13 @@ fn a_step_records_its_updates_and_returns_its_actions() {
             }
         ]
     );
-    let s = pusher.store();
+    assert_eq!(d.updates.len(), 3, "mount total, start duration, failure");
     assert_eq!(
-        s.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
-        Some(Value::Scalar(1.0))
-    );
-    assert_eq!(
-        s.get(
-            &catalogue::FAILURES_TOTAL,
-            &["p", "n1", "sc", "mount", "timeout"]
-        ),
-        Some(Value::Scalar(1.0))
+        pusher
+            .store()
+            .get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
+        None,
+        "recorded only once the Pod is marked"
     );
     // The same Pod again (e.g. its next status update): nothing more.
     assert!(
@@ -81,11 +83,67 @@ fn a_step_records_its_updates_and_returns_its_actions() {
             .step(Observation::Pod(late_pod()), 73_000)
             .is_empty()
     );
-    assert_eq!(
-        s.get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"]),
-        Some(Value::Scalar(1.0))
-    );
     assert_eq!(tracker.tracked(), 1);
+}
+
+/// The mark comes first: until the API server has the Pod marked, nothing is recorded and the
+/// Pod is not counted for the results API; then the outcome is, and the Job goes.
+#[tokio::test]
+async fn a_decision_is_recorded_once_the_pod_is_marked() {
+    let (client, mut api) = ApiServerVerifier::new();
+    let pusher = pusher();
+    let counted = Arc::new(CountedPods::default());
+    let mut tracker = Tracker::new(pusher.clone(), counted.clone());
+    let decision = tracker
+        .step(Observation::Pod(late_pod()), 72_000)
+        .pop()
+        .unwrap();
+    let task = tokio::spawn(settle(client, pusher.clone(), counted.clone(), decision));
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.0.next_request())
+        .await
+        .expect("the mark")
+        .unwrap();
+    assert_eq!(request.method(), Method::PATCH);
+    assert!(
+        request
+            .uri()
+            .path()
+            .ends_with("/pods/mount-p-n1-sc-abc-1-x")
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let total = || {
+        pusher
+            .store()
+            .get(&catalogue::MOUNT_TOTAL, &["p", "n1", "sc", "false"])
+    };
+    assert_eq!(total(), None, "not recorded before the mark is made");
+    assert!(!counted.contains("u1"));
+    send.send_response(
+        http::Response::builder()
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "mount-p-n1-sc-abc-1-x"}}))
+                .unwrap(),
+            ))
+            .unwrap(),
+    );
+    api.expect(
+        Method::DELETE,
+        "/apis/batch/v1/namespaces/pie/jobs/mount-p-n1-sc-abc-1?",
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+    )
+    .await;
+    assert_eq!(total(), Some(Value::Scalar(1.0)));
+    assert!(counted.contains("u1"));
+    api.expect(
+        Method::PATCH,
+        "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
+        json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+               "metadata": {"name": "p", "namespace": "pie"},
+               "spec": {"monitoringStorageClass": "sc"}}),
+    )
+    .await;
+    task.await.unwrap();
 }
 
 #[tokio::test]

@@ -182,17 +182,49 @@ pub enum Action {
     },
 }
 
+/// One probe Pod's outcome, decided. The runtime marks the Pod first and records the updates
+/// only then (see [`Decision::mark`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The Pod's UID.
+    pub uid: String,
+    /// The counted mark ([`Action::MarkCounted`]); `None` when the Pod is gone. Marked before
+    /// the updates are recorded: a controller killed in between has counted nothing and its
+    /// successor counts the unmarked Pod, where the other order would count it twice. (What
+    /// remains is the moment between the mark and the sample reaching VictoriaMetrics.)
+    pub mark: Option<Action>,
+    /// Its metric changes.
+    pub updates: Vec<Update>,
+    /// What to do after the mark: delete a late Pod's Job, show the outcome in the status.
+    pub actions: Vec<Action>,
+}
+
 /// Updates and actions of one step.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Output {
-    /// Metric changes.
+    /// Metric changes that need no mark (volume timings).
     pub updates: Vec<Update>,
-    /// Kubernetes actions.
-    pub actions: Vec<Action>,
-    /// UIDs of probe Pods whose outcome is counted from now on (decided now, or seen marked).
+    /// Probe Pods whose outcome was decided in this step.
+    pub decisions: Vec<Decision>,
+    /// UIDs of probe Pods seen already counted (marked by an earlier controller).
     pub counted: Vec<String>,
     /// UIDs of probe Pods no longer tracked (gone).
     pub forgotten: Vec<String>,
+}
+
+impl Output {
+    /// Every update and action of the step in the order the runtime carries them out (each
+    /// decision's mark, its updates, its other actions), for tests.
+    pub fn flatten(self) -> (Vec<Update>, Vec<Action>) {
+        let mut updates = self.updates;
+        let mut actions = Vec::new();
+        for d in self.decisions {
+            actions.extend(d.mark);
+            updates.extend(d.updates);
+            actions.extend(d.actions);
+        }
+        (updates, actions)
+    }
 }
 
 /// Reasons a probe did not start on time.
@@ -296,15 +328,26 @@ impl Machine {
                 {
                     // Gone without starting after its threshold: count it (nothing left to
                     // mark or delete).
-                    let mut gone = Output::default();
-                    decide(&mut t, now_ms, &mut gone);
-                    out.updates = gone.updates;
+                    let mut decision = decide(&mut t, uid, now_ms);
+                    decision.mark = None;
+                    decision
+                        .actions
+                        .retain(|a| matches!(a, Action::RecordOutcome { .. }));
+                    out.decisions.push(decision);
                 }
             }
             Observation::Event(e) => self.event(e, now_ms, &mut out),
             Observation::Pvc(pvc) => self.pvc(pvc, now_ms, &mut out),
             Observation::PvcGone { namespace, name } => {
-                if let Some(v) = self.volumes.get_mut(&(namespace, name))
+                let key = (namespace, name);
+                if self
+                    .volumes
+                    .get(&key)
+                    .is_some_and(|v| v.pvc.volume.is_none())
+                {
+                    // Never provisioned: there is no volume whose deletion could be timed.
+                    self.volumes.remove(&key);
+                } else if let Some(v) = self.volumes.get_mut(&key)
                     && v.pvc.deleted_ms.is_none()
                 {
                     v.pvc.deleted_ms = Some(now_ms);
@@ -369,9 +412,9 @@ impl Machine {
         if !t.done
             && (t.pod.started_ms.is_some() || now_ms - t.pod.created_ms >= t.pod.threshold_ms)
         {
-            decide(t, now_ms, out);
-        }
-        if t.done && !was_done {
+            out.decisions.push(decide(t, uid, now_ms));
+        } else if t.done && !was_done {
+            // Marked by an earlier controller: counted already.
             out.counted.push(uid);
         }
     }
@@ -406,8 +449,7 @@ impl Machine {
     fn check_thresholds(&mut self, now_ms: i64, out: &mut Output) {
         for (uid, t) in &mut self.pods {
             if !t.done && now_ms - t.pod.created_ms >= t.pod.threshold_ms {
-                decide(t, now_ms, out);
-                out.counted.push(uid.clone());
+                out.decisions.push(decide(t, uid.clone(), now_ms));
             }
         }
         for v in self.volumes.values_mut() {
@@ -479,9 +521,13 @@ impl Machine {
     }
 }
 
-/// Counts a deletion still unfinished at its threshold as `on_time="false"`, once.
+/// Counts a deletion still unfinished at its threshold as `on_time="false"`, once. A claim
+/// that never got a volume (its provisioning failed or never happened) has no deletion to time:
+/// the real cluster showed every late provision probe on a broken StorageClass also counted as
+/// a stuck deletion, firing PieVolumeDeletionStuck next to PieProvisionProbeFailing.
 fn delete_overdue(v: &mut Volume, now_ms: i64, out: &mut Output) {
     if let Some(deleted) = v.pvc.deleted_ms
+        && v.pvc.volume.is_some()
         && !v.delete_counted
         && now_ms - deleted >= v.pvc.threshold_ms
     {
@@ -500,8 +546,8 @@ pub(crate) fn secs(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
 
-/// Counts `t`'s outcome (it started, or its threshold passed) and returns the actions.
-fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
+/// Decides `t`'s outcome (it started, or its threshold passed).
+fn decide(t: &mut Tracked, uid: String, now_ms: i64) -> Decision {
     t.done = true;
     let p = &t.pod;
     let (on_time, at) = match p.started_ms {
@@ -509,12 +555,17 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
         None => (false, p.created_ms + p.threshold_ms),
     };
     let at = at.min(now_ms);
-    out.actions.push(Action::MarkCounted {
-        namespace: p.namespace.clone(),
-        pod: p.name.clone(),
-    });
+    let mut decision = Decision {
+        uid,
+        mark: Some(Action::MarkCounted {
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+        }),
+        updates: Vec::new(),
+        actions: Vec::new(),
+    };
     if !on_time && let Some(job) = &p.job {
-        out.actions.push(Action::DeleteJob {
+        decision.actions.push(Action::DeleteJob {
             namespace: p.namespace.clone(),
             job: job.clone(),
         });
@@ -522,7 +573,7 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
     if !p.node_eligible && !on_time {
         // Its node (for a provision probe: every node it may run on) became ineligible: not a
         // failure.
-        return;
+        return decision;
     }
     let started_after_ms = p.started_ms.map(|s| s - p.created_ms);
     let result = match started_after_ms {
@@ -530,7 +581,7 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
         Some(_) => "Late",
         None => "NotStarted",
     };
-    out.actions.push(Action::RecordOutcome {
+    decision.actions.push(Action::RecordOutcome {
         namespace: p.namespace.clone(),
         pie_probe: p.pie_probe_name.clone(),
         kind: p.kind,
@@ -544,12 +595,12 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
             .then(|| t.reason.map_or("timeout", |(_, r)| r)),
     });
     let probe = Probe::mount(&p.pie_probe_name, &p.node, &p.storage_class);
-    out.updates.push(match p.kind {
+    decision.updates.push(match p.kind {
         ProbeKind::Provision => catalogue::provision_total(probe, on_time, Op::Inc(1.0), at),
         ProbeKind::Mount => catalogue::mount_total(probe, on_time, Op::Inc(1.0), at),
     });
     if let Some(started) = p.started_ms {
-        out.updates.push(catalogue::start_duration(
+        decision.updates.push(catalogue::start_duration(
             probe,
             p.kind.label(),
             secs(started - p.created_ms),
@@ -558,9 +609,11 @@ fn decide(t: &mut Tracked, now_ms: i64, out: &mut Output) {
     }
     if !on_time {
         let reason = t.reason.map_or("timeout", |(_, r)| r);
-        out.updates
+        decision
+            .updates
             .push(catalogue::failure(probe, p.kind.label(), reason, at));
     }
+    decision
 }
 
 /// Both `on_time` values at 0 for a probe (so ratio alerts work from the start).

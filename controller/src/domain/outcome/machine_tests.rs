@@ -61,12 +61,12 @@ fn run(machine: &mut Machine, steps: Vec<(Observation, i64)>) -> (Vec<String>, V
     let store = Store::new();
     let mut actions = Vec::new();
     for (obs, now) in steps {
-        let out = machine.observe(obs, now);
-        let (_, errors) = store.apply(out.updates);
+        let (updates, out_actions) = machine.observe(obs, now).flatten();
+        let (_, errors) = store.apply(updates);
         assert!(errors.is_empty(), "{errors:?}");
         // Status outcomes have their own test.
         actions.extend(
-            out.actions
+            out_actions
                 .into_iter()
                 .filter(|a| !matches!(a, Action::RecordOutcome { .. })),
         );
@@ -532,6 +532,10 @@ fn table() {
     }
 }
 
+fn unbound_pvc(deleted: Option<i64>) -> Observation {
+    pvc(deleted, false)
+}
+
 fn pvc(deleted: Option<i64>, bound: bool) -> Observation {
     Observation::Pvc(PvcObs {
         namespace: "pie".into(),
@@ -597,6 +601,23 @@ fn volume_lifecycle() {
             ],
             vec!["pie_probe_volume_delete_total{p,sc,false}=1"],
         ),
+        (
+            "a claim never provisioned has no deletion to time",
+            vec![
+                (unbound_pvc(None), C + 10),
+                (unbound_pvc(Some(C + 25_000)), C + 25_000),
+                (Observation::Tick, C + 25_000 + T),
+                (
+                    Observation::PvcGone {
+                        namespace: "pie".into(),
+                        name: "prov-pod-vol".into(),
+                    },
+                    C + 26_000,
+                ),
+                (Observation::Tick, C + 25_000 + 5 * T),
+            ],
+            vec![],
+        ),
     ];
     for (name, steps, want) in cases {
         let (series, actions) = run(&mut Machine::new(), steps);
@@ -649,7 +670,7 @@ fn outcomes_for_the_status() {
         let mut m = Machine::new();
         let mut found = Vec::new();
         for (o, now) in obs {
-            for a in m.observe(o, now).actions {
+            for a in m.observe(o, now).flatten().1 {
                 if let Action::RecordOutcome {
                     kind,
                     time_ms,

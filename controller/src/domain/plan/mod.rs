@@ -393,6 +393,14 @@ pub fn plan<N: Borrow<Node>>(
     Ok(plan)
 }
 
+/// Whether `node` is selected by `probe` and can run its probes now (what [`plan`] decides per
+/// node).
+pub fn eligible_for(probe: &PieProbe, node: &Node) -> bool {
+    let tolerations = probe.spec.tolerations.as_deref().unwrap_or_default();
+    node_selector::matches(probe.spec.node_selector.as_ref(), node)
+        && eligibility::check(node, tolerations).is_ok()
+}
+
 /// An object that exists in the cluster, as far as deciding on its deletion needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Existing {

@@ -59,7 +59,6 @@ fn context(stores: Stores) -> (Arc<Context>, ApiServerVerifier) {
             stores,
             recorder,
             Arc::default(),
-            Arc::default(),
         )),
         verifier,
     )
