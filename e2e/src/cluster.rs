@@ -698,6 +698,8 @@ pub struct ControllerOptions {
     pub controller_url: Option<String>,
     /// Flags given after deployment.yaml's.
     pub extra_args: Vec<String>,
+    /// `RUST_LOG`; `None`: `PIE_E2E_CONTROLLER_LOG`, else deployment.yaml's `info,kube=warn`.
+    pub log: Option<String>,
 }
 
 impl ControllerOptions {
@@ -713,6 +715,7 @@ impl ControllerOptions {
             agent_image: AGENT_IMAGE.into(),
             controller_url: None,
             extra_args: Vec::new(),
+            log: None,
         }
     }
 }
@@ -955,7 +958,9 @@ fn controller_process(
         .env("PIE_NAMESPACES", &o.namespace)
         .env(
             "RUST_LOG",
-            std::env::var("PIE_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            o.log.clone().unwrap_or_else(|| {
+                std::env::var("PIE_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into())
+            }),
         );
     Process::spawn(
         "pie-controller run",

@@ -56,6 +56,8 @@ pub async fn run(env: &'static Env) {
     let mut s = Scenario::start_with(env.cluster, "exactly-once", |o| {
         o.controller_url = Some(url);
         o.identity = "replica-a".into();
+        // Every outcome counted is logged, for the failure message.
+        o.log = Some("info,kube=warn,pie_controller::k8s::tracker=debug".into());
     })
     .await;
     service.add(s.controller.backend());
@@ -162,9 +164,10 @@ pub async fn run(env: &'static Env) {
         .await
     {
         panic!(
-            "{mismatch}\n{}\nfollower log:\n{}",
+            "{mismatch}\n{}\nthe leader's whole log:\n{}\nthe follower's whole log:\n{}",
             s.diagnostics().await,
-            follower.log_tail()
+            s.controller.log(),
+            follower.log()
         );
     }
     follower.kill();

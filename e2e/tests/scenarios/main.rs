@@ -21,6 +21,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod cleanup;
 mod exactly_once;
+mod forged;
 mod healthy;
 mod image_pull;
 mod io_broken;
@@ -124,6 +125,7 @@ fn main() {
         trial("exactly_once_across_kill_and_leader_change", |e| {
             Box::pin(exactly_once::run(e))
         }),
+        trial("forged_results", |e| Box::pin(forged::run(e))),
         trial("cleanup", |e| Box::pin(cleanup::run(e))),
         trial("migration_from_topolvm_pie", |e| {
             Box::pin(migration::run(e))
