@@ -13,7 +13,10 @@
 //! - `pie`: [`PieReceive`] (`pie-controller receive`, plus `pie-agent mount-probe` against it),
 //!   and [`probe_result_json`] / [`MOUNT_RESULT_GAUGES`] for tests that post results themselves.
 //! - what pie talks to: [`VictoriaMetrics`] (`victoria_metrics`), [`Vmalert`] with the
-//!   [`shipped_rules`] (`vmalert`), [`Vmauth`] (`vmauth`), [`Prometheus`] (`prometheus`).
+//!   [`shipped_rules`] (`vmalert`), [`Vmauth`] (`vmauth`), [`Vmagent`] (`vmagent`),
+//!   [`Prometheus`] (`prometheus`); the VictoriaMetrics programs of either [`VmRelease`]
+//!   (`vm_release`: Debian's 1.79 or a current release built from its Go module), and
+//!   [`test_each_vm!`] to run a test once per release.
 //! - `builds`: [`pie_binaries`], the one cargo build of pie's binaries, [`target_dir`] and
 //!   [`repo_root`].
 //! - `process`: [`Process`] and [`free_port`], which every harness above is made of, and
@@ -32,6 +35,8 @@ mod process;
 mod prometheus;
 mod time;
 mod victoria_metrics;
+mod vm_release;
+mod vmagent;
 mod vmalert;
 mod vmauth;
 
@@ -44,5 +49,7 @@ pub use process::{
 pub use prometheus::{PromSeries, Prometheus};
 pub use time::now_millis;
 pub use victoria_metrics::{ExportedSeries, VictoriaMetrics};
+pub use vm_release::VmRelease;
+pub use vmagent::Vmagent;
 pub use vmalert::{Vmalert, VmalertAlert, VmalertRule, shipped_rules};
 pub use vmauth::Vmauth;

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::http::ok_body;
 use crate::time::poll_until;
-use crate::{Process, VictoriaMetrics, free_port, http_client, repo_root, require_binary};
+use crate::{Process, VictoriaMetrics, free_port, http_client, repo_root};
 
 /// The shipped plain rule file, `deploy/alerts/pie.rules.yml`.
 pub fn shipped_rules() -> PathBuf {
@@ -61,15 +61,15 @@ pub struct Vmalert {
 }
 
 impl Vmalert {
-    /// Starts vmalert with the rule file `rules`, evaluated every `interval` (e.g. `1s`)
-    /// against `vm`, and waits until it answers.
+    /// Starts vmalert of `vm`'s release with the rule file `rules`, evaluated every `interval`
+    /// (e.g. `1s`) against `vm`, and waits until it answers.
     pub async fn start(
         rules: &Path,
         vm: &VictoriaMetrics,
         notifier_url: &str,
         interval: &str,
     ) -> Vmalert {
-        let binary = require_binary("vmalert", "victoria-metrics");
+        let binary = vm.release().binary("vmalert");
         let dir = tempfile::tempdir().expect("create a vmalert dir");
         let port = free_port();
         let mut command = Command::new(binary);

@@ -5,6 +5,8 @@
 //!   VictoriaMetrics is back every accepted result is in it exactly once;
 //! - cap: during a long outage a small `--remote-write-buffer-max-bytes` keeps the disk (and
 //!   memory) bounded, the drop is counted in the self-metrics, and what survives is the newest.
+//!
+//! Both once per VictoriaMetrics release (Debian's 1.79, the current one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, build_pie_controller, dir_bytes,
-    free_port, http_client, probe_result_json, rss_bytes, scrape_value, target_dir,
+    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, VmRelease, build_pie_controller,
+    dir_bytes, free_port, http_client, probe_result_json, rss_bytes, scrape_value, target_dir,
+    test_each_vm,
 };
 
 /// Samples one successful result puts in the store: the gauges and both `succeed` counters.
@@ -164,11 +167,15 @@ async fn assert_duplicates_are_visible(vm: &VictoriaMetrics) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() {
+test_each_vm!(
+    results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once,
+    a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop,
+);
+
+async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once(release: VmRelease) {
     const RESULTS: usize = 60;
     let bin = build_pie_controller(&target_dir());
-    let mut vm = VictoriaMetrics::start().await;
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
     let url = vm.write_url();
     // VictoriaMetrics is down from the start: nothing can be delivered.
     vm.stop();
@@ -342,12 +349,13 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() 
     assert_eq!(requests, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop() {
+async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop(
+    release: VmRelease,
+) {
     const RESULTS: usize = 1500;
     const CAP: u64 = 64 * 1024;
     let bin = build_pie_controller(&target_dir());
-    let mut vm = VictoriaMetrics::start().await;
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
     let url = vm.write_url();
     vm.stop();
     let dir = tempfile::tempdir_in(target_dir()).expect("a work dir on a real filesystem");
