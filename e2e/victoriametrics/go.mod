@@ -1,5 +1,11 @@
 module github.com/pie-rs/pie/e2e/victoriametrics
 
+// A current VictoriaMetrics for the tests that run against it and Debian's 1.79
+// (e2e/src/vm_release.rs): scripts/build-victoriametrics.sh builds the tools below at the
+// version required below. VictoriaMetrics' own go.mod names Go 1.27, hence the go line; the
+// script sets GOTOOLCHAIN=go1.27.3. The -cluster release line (vminsert, vmstorage, vmselect)
+// is not served by the Go module proxy (docs/testing.md).
+
 go 1.27.1
 
 tool (
