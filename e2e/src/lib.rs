@@ -11,7 +11,8 @@
 //! - [`cluster`]: the Kubernetes of the cluster tests (the local control plane of `e2e/cluster`,
 //!   or any cluster named by `PIE_E2E_KUBECONFIG`) and `pie-controller run` against it.
 //! - `pie`: [`PieReceive`] (`pie-controller receive`, plus `pie-agent mount-probe` against it),
-//!   and [`probe_result_json`] / [`MOUNT_RESULT_GAUGES`] for tests that post results themselves.
+//!   and [`probe_result_json`] / [`MOUNT_RESULT_GAUGES`] for tests that post results themselves,
+//!   [`assert_results_exactly_once`] to check what arrived of them.
 //! - what pie talks to: [`VictoriaMetrics`] (`victoria_metrics`), [`Vmalert`] with the
 //!   [`shipped_rules`] (`vmalert`), [`Vmauth`] (`vmauth`), [`Vmagent`] (`vmagent`),
 //!   [`Prometheus`] (`prometheus`); the VictoriaMetrics programs of either [`VmRelease`]
@@ -42,13 +43,13 @@ mod vmauth;
 
 pub use builds::{PieBinaries, build_pie_controller, pie_binaries, repo_root, target_dir};
 pub use http::{http_client, scrape, scrape_value};
-pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, probe_result_json};
+pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, assert_results_exactly_once, probe_result_json};
 pub use process::{
     Process, cpu_seconds, dir_bytes, find_binary, free_port, require_binary, rss_bytes,
 };
 pub use prometheus::{PromSeries, Prometheus};
 pub use time::now_millis;
-pub use victoria_metrics::{ExportedSeries, VictoriaMetrics};
+pub use victoria_metrics::{ExportedSeries, VictoriaMetrics, samples_by_key};
 pub use vm_release::VmRelease;
 pub use vmagent::Vmagent;
 pub use vmalert::{Vmalert, VmalertAlert, VmalertRule, shipped_rules};

@@ -26,6 +26,19 @@ pub struct ExportedSeries {
     pub timestamps: Vec<i64>,
 }
 
+/// Every sample of `series` as `(labels, timestamp) -> values`; more than one value under a key
+/// is a duplicate.
+pub fn samples_by_key(series: &[ExportedSeries]) -> BTreeMap<(String, i64), Vec<f64>> {
+    let mut out: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for s in series {
+        let key = format!("{:?}", s.metric);
+        for (t, v) in s.timestamps.iter().zip(&s.values) {
+            out.entry((key.clone(), *t)).or_default().push(*v);
+        }
+    }
+    out
+}
+
 /// A single-node VictoriaMetrics on a free loopback port with a temporary data directory.
 #[derive(Debug)]
 pub struct VictoriaMetrics {

@@ -19,11 +19,12 @@ pub struct Vmauth {
 impl Vmauth {
     /// Starts Debian's vmauth with `config` (YAML) and waits until it answers.
     pub async fn start(config: &str) -> Vmauth {
-        Vmauth::start_release(VmRelease::Debian, config).await
+        Vmauth::start_release(VmRelease::Debian, config, &[]).await
     }
 
-    /// Starts vmauth of `release` with `config` (YAML) and waits until it answers.
-    pub async fn start_release(release: VmRelease, config: &str) -> Vmauth {
+    /// Starts vmauth of `release` with `config` (YAML) and extra command-line flags, and waits
+    /// until it answers.
+    pub async fn start_release(release: VmRelease, config: &str, extra_args: &[&str]) -> Vmauth {
         let binary = release.binary("vmauth");
         let dir = tempfile::tempdir().expect("create a vmauth dir");
         let config_path = dir.path().join("auth.yml");
@@ -33,7 +34,8 @@ impl Vmauth {
         command
             .arg(format!("-auth.config={}", config_path.display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg("-loggerLevel=WARN");
+            .arg("-loggerLevel=WARN")
+            .args(extra_args);
         let process = Process::spawn_ready(
             "vmauth",
             command,
@@ -57,5 +59,15 @@ impl Vmauth {
     /// The operating-system process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Kills vmauth (SIGKILL), as a crashed node.
+    pub fn kill(&mut self) {
+        self.process.stop();
+    }
+
+    /// The log tail, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
     }
 }

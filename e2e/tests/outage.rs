@@ -93,7 +93,7 @@ async fn outage(release: VmRelease, route: Route) {
                 "users:\n- bearer_token: \"outage-token\"\n  url_prefix: \"{}\"\n",
                 vm.origin()
             );
-            let vmauth = Vmauth::start_release(release, &config).await;
+            let vmauth = Vmauth::start_release(release, &config, &[]).await;
             let token = dir.path().join("token");
             std::fs::write(&token, "outage-token\n").unwrap();
             let args = vec![

@@ -142,7 +142,7 @@ async fn vmauth_routes_the_cluster_style_url_with_bearer_auth(release: VmRelease
         "users:\n- bearer_token: \"e2e-token\"\n  url_map:\n  - src_paths: [\"/insert/0/prometheus/api/v1/write\"]\n    url_prefix: \"{}\"\n",
         vm.origin()
     );
-    let vmauth = Vmauth::start_release(release, &config).await;
+    let vmauth = Vmauth::start_release(release, &config, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "e2e-token\n").unwrap();
