@@ -22,7 +22,8 @@
 //!   [`repo_root`].
 //! - `process`: [`Process`] and [`free_port`], which every harness above is made of, and
 //!   [`require_binary`], [`rss_bytes`], [`cpu_seconds`], [`dir_bytes`].
-//! - `http`: [`http_client`], [`scrape`], [`scrape_value`]; `time`: [`now_millis`].
+//! - `http`: [`http_client`], [`scrape`], [`scrape_value`], [`scrape_sum`]; `time`:
+//!   [`now_millis`].
 //!
 //! The modules are private and everything is re-exported here: a test names
 //! `e2e::VictoriaMetrics`, never the file it lives in.
@@ -42,14 +43,14 @@ mod vmalert;
 mod vmauth;
 
 pub use builds::{PieBinaries, build_pie_controller, pie_binaries, repo_root, target_dir};
-pub use http::{http_client, scrape, scrape_value};
+pub use http::{http_client, scrape, scrape_sum, scrape_value};
 pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, assert_results_exactly_once, probe_result_json};
 pub use process::{
     Process, cpu_seconds, dir_bytes, find_binary, free_port, require_binary, rss_bytes,
 };
 pub use prometheus::{PromSeries, Prometheus};
 pub use time::now_millis;
-pub use victoria_metrics::{ExportedSeries, VictoriaMetrics, samples_by_key};
+pub use victoria_metrics::{ExportedSeries, VictoriaMetrics, samples_by_key, series_count};
 pub use vm_release::VmRelease;
 pub use vmagent::Vmagent;
 pub use vmalert::{Vmalert, VmalertAlert, VmalertRule, shipped_rules};

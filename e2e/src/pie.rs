@@ -106,6 +106,22 @@ impl PieReceive {
             .as_u16()
     }
 
+    /// POSTs [`probe_result_json`]`(probe, node, storage_class, value)` and fails the test
+    /// (with the receiver's log) unless it is accepted.
+    pub async fn post_probe_result(
+        &self,
+        probe: &str,
+        node: &str,
+        storage_class: &str,
+        value: f64,
+    ) {
+        let body: serde_json::Value =
+            serde_json::from_str(&probe_result_json(probe, node, storage_class, value))
+                .expect("probe_result_json is JSON");
+        let status = self.post(&body).await;
+        assert_eq!(status, 200, "result of {node}; log:\n{}", self.log_tail());
+    }
+
     /// Runs `pie-agent mount-probe` (real fio, 8 MiB) on `path` against this receiver.
     pub fn mount_probe(&self, path: &Path, node: &str, storage_class: &str, probe: &str) -> Output {
         Command::new(&pie_binaries().agent)

@@ -39,6 +39,15 @@ pub fn samples_by_key(series: &[ExportedSeries]) -> BTreeMap<(String, i64), Vec<
     out
 }
 
+/// How many of `series` are named `name`: e.g. whether every result arrived, each result
+/// making one series of a gauge.
+pub fn series_count(series: &[ExportedSeries], name: &str) -> usize {
+    series
+        .iter()
+        .filter(|s| s.metric["__name__"] == name)
+        .count()
+}
+
 /// A single-node VictoriaMetrics on a free loopback port with a temporary data directory.
 #[derive(Debug)]
 pub struct VictoriaMetrics {

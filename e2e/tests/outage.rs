@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use e2e::{
-    ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, Vmauth, now_millis, target_dir,
-    test_each_vm,
+    ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, Vmauth, now_millis, scrape_sum,
+    target_dir, test_each_vm,
 };
 use serde_json::json;
 
@@ -161,10 +161,12 @@ async fn outage(release: VmRelease, route: Route) {
                 "{route:?}: nothing in the disk buffer after 60 s without VictoriaMetrics:\n{metrics}"
             );
             // vmauth answered, with a 5xx (a 4xx would have been dropped).
-            let answered_5xx = metrics.lines().any(|l| {
-                l.starts_with("pie_remote_write_requests_total{") && l.contains("code=\"5")
-            });
-            assert!(answered_5xx, "{route:?}: no 5xx from vmauth:\n{metrics}");
+            let answered_5xx =
+                scrape_sum(&metrics, "pie_remote_write_requests_total", &["code=\"5"]);
+            assert!(
+                answered_5xx > 0.0,
+                "{route:?}: no 5xx from vmauth:\n{metrics}"
+            );
         }
     }
     vm.restart().await;
@@ -244,10 +246,6 @@ async fn outage(release: VmRelease, route: Route) {
     let metrics = controller.metrics().await;
     let retried = metric(&metrics, "pie_remote_write_samples_retried_total", &[]).unwrap_or(0.0);
     assert!(retried > 0.0, "no retries recorded:\n{metrics}");
-    let dropped: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pie_remote_write_samples_dropped_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum();
+    let dropped = scrape_sum(&metrics, "pie_remote_write_samples_dropped_total", &[]);
     assert_eq!(dropped, 0.0, "{metrics}");
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::{
-    ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, Vmagent, probe_result_json, repo_root,
+    ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, Vmagent, repo_root, series_count,
     test_each_vm,
 };
 
@@ -86,19 +86,9 @@ async fn vmagent_relays_pies_samples_unchanged(release: VmRelease) {
     for i in 0..RESULTS {
         // Binary fractions: exact in JSON, in pie and in VictoriaMetrics.
         let value = (i + 1) as f64 / 8.0;
-        let body: serde_json::Value = serde_json::from_str(&probe_result_json(
-            "relay",
-            &format!("node-{i:02}"),
-            "sc",
-            value,
-        ))
-        .unwrap();
-        assert_eq!(
-            controller.post(&body).await,
-            200,
-            "{}",
-            controller.log_tail()
-        );
+        controller
+            .post_probe_result("relay", &format!("node-{i:02}"), "sc", value)
+            .await;
     }
 
     let selector = r#"{cluster="e2e-vmagent"}"#;
@@ -106,10 +96,7 @@ async fn vmagent_relays_pies_samples_unchanged(release: VmRelease) {
     // Every result's gauges and counters, and the receiver's counter, arrived directly.
     let want = direct
         .export_until(selector, Duration::from_secs(20), |s| {
-            s.iter()
-                .filter(|x| x.metric["__name__"] == "pie_io_read_iops_on_mount_probe")
-                .count()
-                == RESULTS
+            series_count(s, "pie_io_read_iops_on_mount_probe") == RESULTS
         })
         .await;
     let got = relayed

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use e2e::{
     PieReceive, VictoriaMetrics, VmRelease, Vmauth, assert_results_exactly_once, now_millis,
-    probe_result_json, scrape, scrape_value,
+    scrape, scrape_sum, scrape_value, series_count,
 };
 
 const RESULTS: usize = 100;
@@ -62,29 +62,16 @@ async fn killing_one_of_two_insert_nodes_behind_vmauth_loses_nothing() {
             assert!(served > 0.0, "the node to kill served nothing yet");
             doomed.kill();
         }
-        let body = serde_json::from_str(&probe_result_json(
-            "failover",
-            &format!("node-{i:03}"),
-            "sc",
-            (i + 1) as f64,
-        ))
-        .unwrap();
-        assert_eq!(
-            controller.post(&body).await,
-            200,
-            "{}",
-            controller.log_tail()
-        );
+        controller
+            .post_probe_result("failover", &format!("node-{i:03}"), "sc", (i + 1) as f64)
+            .await;
     }
     let posted_to = now_millis();
 
     let selector = r#"{__name__=~"pie_.*",cluster="e2e-failover",pie_probe_name="failover"}"#;
     let exported = vm
         .export_until(selector, Duration::from_secs(60), |s| {
-            s.iter()
-                .filter(|x| x.metric["__name__"] == "pie_io_read_iops_on_mount_probe")
-                .count()
-                == RESULTS
+            series_count(s, "pie_io_read_iops_on_mount_probe") == RESULTS
         })
         .await;
     let results: Vec<(String, f64)> = (0..RESULTS)
@@ -95,21 +82,13 @@ async fn killing_one_of_two_insert_nodes_behind_vmauth_loses_nothing() {
     // The dead node cost pie requests answered 5xx (vmauth 1.153 says 503) that pie retried,
     // and the survivor took the rest.
     let metrics = controller.metrics().await;
-    let answered_5xx: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pie_remote_write_requests_total{") && l.contains("code=\"5"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum();
+    let answered_5xx = scrape_sum(&metrics, "pie_remote_write_requests_total", &["code=\"5"]);
     assert!(
         answered_5xx >= 1.0,
         "no request met the dead node:\n{metrics}\nfront vmauth log:\n{}",
         front.log_tail()
     );
-    let dropped: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pie_remote_write_samples_dropped_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum();
+    let dropped = scrape_sum(&metrics, "pie_remote_write_samples_dropped_total", &[]);
     assert_eq!(dropped, 0.0, "{metrics}");
     assert!(proxied(&survivor).await > 0.0);
 }
