@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::http::ok_body;
 use crate::time::poll_until;
-use crate::{Process, VictoriaMetrics, free_port, http_client, repo_root};
+use crate::{Process, VictoriaMetrics, VmRelease, free_port, http_client, repo_root};
 
 /// The shipped plain rule file, `deploy/alerts/pie.rules.yml`.
 pub fn shipped_rules() -> PathBuf {
@@ -82,6 +82,12 @@ impl Vmalert {
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-external.url=http://127.0.0.1:{port}"))
             .arg("-loggerLevel=WARN");
+        if vm.release() == VmRelease::Current {
+            // Newer vmalert evaluates at now - `-rule.evalDelay` (30 s by default), which
+            // VictoriaMetrics' docs pair with its `-search.latencyOffset`: the harness runs
+            // VictoriaMetrics with 0s, so vmalert gets 0s too (1.79 has no such flag).
+            command.arg("-rule.evalDelay=0s");
+        }
         let process = Process::spawn_ready(
             "vmalert",
             command,

@@ -8,7 +8,8 @@
 //! front vmauth balances over both (`least_loaded`, the default) and runs with
 //! `-maxRequestBodySizeToRetry=0`, so it never retries a request on the other node itself: the
 //! requests that meet the dead node are answered 503, and it is pie's retry that delivers them,
-//! as with pie's usual requests, which are larger than vmauth's default retry buffer (16 KiB).
+//! as it is for pie's requests larger than vmauth's default retry buffer (16 KiB: the periodic
+//! re-send of a large store).
 //! VictoriaMetrics runs with `-dedup.minScrapeInterval=1ms`, as vmselect does with replication,
 //! and keeps one copy of a sample sent twice.
 //!
