@@ -127,6 +127,10 @@ pub struct PushArgs {
     pub remote_write_buffer_fsync: BufferFsync,
 }
 
+/// How long what answers a probe waits for its samples to leave memory (see
+/// [`Pusher::settle`]) before it answers anyway.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `--remote-write-buffer-fsync`: the user-facing names of [`Fsync`]. (Plain comments on the
 /// variants: doc comments would become per-value help and switch `--help` to its long layout.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -315,6 +319,17 @@ impl Pusher {
         }
         self.push(&points);
         errors
+    }
+
+    /// Waits (at most `timeout`) until everything recorded so far left memory: delivered to
+    /// every remote-write URL, dropped, or written to the disk buffer. Returns whether it did in
+    /// time (true without remote write). What answers a probe only after this (the results API,
+    /// the count of a probe Pod) loses nothing it answered to a `kill -9`.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        match &self.client {
+            Some(client) => tokio::time::timeout(timeout, client.settle()).await.is_ok(),
+            None => true,
+        }
     }
 
     /// Queues `points`.
