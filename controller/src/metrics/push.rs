@@ -382,14 +382,23 @@ impl Pusher {
     }
 
     /// The periodic push, the one loop of both `run` and `receive`: every `interval` (the first
-    /// at once) `sync` brings the store up to date (`run` exports the plan and drops the series
-    /// of deleted PieProbes; `receive` has nothing to add), then the whole store is queued so
-    /// no series looks stale. Runs until the task is dropped.
-    pub async fn run_periodic(self, interval: Duration, mut sync: impl FnMut(&Pusher) + Send) {
+    /// at once), and at once whenever `early` is notified, `sync` brings the store up to date
+    /// (`run` exports the plan and drops the series of deleted PieProbes; `receive` has nothing
+    /// to add), then the whole store is queued so no series looks stale. Runs until the task is
+    /// dropped.
+    pub async fn run_periodic(
+        self,
+        interval: Duration,
+        early: Arc<tokio::sync::Notify>,
+        mut sync: impl FnMut(&Pusher) + Send,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = early.notified() => ticker.reset(),
+            }
             sync(&self);
             let n = self.push_all(now_ms());
             tracing::debug!(samples = n, "periodic push");
