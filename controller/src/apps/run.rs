@@ -80,11 +80,8 @@ pub struct ManagedTargets {
 
 impl Targets for ManagedTargets {
     fn contains(&self, key: &ProbeKey) -> bool {
-        self.handles.node_eligibility().iter().any(|e| {
-            e.pie_probe == key.pie_probe_name
-                && e.node == key.node
-                && e.storage_class == key.storage_class
-        })
+        self.handles
+            .manages_mount_probe(&key.pie_probe_name, &key.node, &key.storage_class)
     }
 
     fn ready(&self) -> bool {

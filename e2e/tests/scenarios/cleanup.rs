@@ -179,8 +179,23 @@ pub async fn run(env: &'static Env) {
     .await;
     drop(pods);
 
-    // Deleting the PieProbe (controller up again): its objects and its series go.
+    // Deleting the PieProbe (controller up again, its plan pushed): its objects and its series
+    // go. A restarted controller knows a PieProbe's series from its plan; one deleted before
+    // that (while no controller ran) ends by VictoriaMetrics' staleness lookback instead.
+    let restarted_at = e2e::now_millis();
     s.controller.restart().await;
+    let eligible_n2 = format!(r#"pie_node_eligible{{pie_probe_name="{PROBE}",node="{n2}"}}"#);
+    s.wait(
+        "the restarted controller's plan in VictoriaMetrics",
+        Duration::from_secs(60),
+        || async {
+            s.series(&eligible_n2)
+                .await
+                .iter()
+                .any(|x| x.timestamps.iter().any(|t| *t > restarted_at))
+        },
+    )
+    .await;
     s.api::<pie_controller::crd::PieProbe>()
         .delete(PROBE, &DeleteParams::background())
         .await
