@@ -131,7 +131,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let (handles, health) = (handles.clone(), health.clone());
         tokio::spawn(pusher.clone().run_periodic(
             args.push.push_interval,
-            health.became_ready(),
+            handles.plan_changed(),
             move |pusher| {
                 let plan = health.ready().then(|| handles.planned());
                 sync(pusher, health.leader(), plan.as_ref());
@@ -199,6 +199,7 @@ mod tests {
                 name: "p".into(),
                 storage_class: "sc".into(),
                 provision: true,
+                nodes_known: true,
             }],
             nodes: vec![crate::domain::plan::NodeEligibility {
                 pie_probe: "p".into(),

@@ -56,6 +56,7 @@ pub struct Handles {
     /// The (stripped) Node cache of the current term, for eligibility at decision time.
     nodes: Arc<RwLock<Option<Store<Node>>>>,
     probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
+    plan_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Handles {
@@ -77,6 +78,13 @@ impl Handles {
     /// Every existing PieProbe and the nodes of those with mount probes, for the periodic sync.
     pub fn planned(&self) -> crate::domain::series::Planned {
         let nodes = self.node_eligibility();
+        let planned: std::collections::BTreeSet<String> = self
+            .eligibility
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|(_, name)| name.clone())
+            .collect();
         let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
         let mut probes: Vec<crate::domain::series::PlannedProbe> = stores
             .iter()
@@ -85,6 +93,7 @@ impl Handles {
                 name: p.name_any(),
                 storage_class: p.spec.monitoring_storage_class.clone(),
                 provision: !p.spec.disable_provision_probe,
+                nodes_known: planned.contains(&p.name_any()),
             })
             .collect();
         probes.sort();
@@ -109,6 +118,12 @@ impl Handles {
                 && !p.spec.disable_mount_probes
                 && plan::selects(&p, &node)
         })
+    }
+
+    /// Notified when a reconcile changed a PieProbe's node eligibility (the periodic push
+    /// exports it at once).
+    pub fn plan_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.plan_changed.clone()
     }
 
     /// Whether the outcome of the probe Pod with UID `uid` is counted.
@@ -376,13 +391,16 @@ async fn lead(
             cron_jobs: cron_jobs.clone(),
             pvcs: pvcs.clone(),
         };
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            config.clone(),
-            stores,
-            recorder.clone(),
-            handles.eligibility.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                config.clone(),
+                stores,
+                recorder.clone(),
+                handles.eligibility.clone(),
+            )
+            .notify_plans_to(handles.plan_changed.clone()),
+        );
         // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
         // signal of its own: the Controller already waits on the store (it holds its runner
         // until the first list), and a second waiter on the same store can hang forever
