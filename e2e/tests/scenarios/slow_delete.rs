@@ -45,7 +45,14 @@ pub async fn run(env: &'static Env) {
         Duration::from_secs(120),
     )
     .await;
-    note("slow-delete", "both deletions counted late");
+    // Counted at the threshold, not when the volumes finally go: a deletion that never ends is
+    // counted all the same.
+    let count = format!(r#"pie_probe_volume_delete_seconds_count{{{labels}}}"#);
+    assert!(
+        s.last(&count).await.unwrap_or_default() < 2.0,
+        "both deletions counted late only once their volumes were gone"
+    );
+    note("slow-delete", "both deletions counted late, while their volumes still exist");
     let alert = s
         .wait_firing(
             "PieVolumeDeletionStuck",
@@ -55,7 +62,6 @@ pub async fn run(env: &'static Env) {
         .await;
     assert_eq!(alert.labels["severity"], "warning");
     // When the PVs are finally gone, the histogram has their real deletion times.
-    let count = format!(r#"pie_probe_volume_delete_seconds_count{{{labels}}}"#);
     s.wait(
         "the deletion times in the histogram",
         Duration::from_secs(120),
