@@ -1,13 +1,16 @@
 //! Sustained samples/s into a real VictoriaMetrics on loopback, with the CPU seconds the sender
 //! process and VictoriaMetrics used for the same samples.
 //!
-//! `cargo bench -p pie-e2e --bench vm_throughput [-- SAMPLES]` (default 4,000,000
-//! samples over 10,000 series with pie-like labels, default batching, pushed as the controller
-//! pushes its store: a snapshot of all 10,000 series at a time with `Client::push_many`).
+//! `cargo bench -p pie-e2e --bench vm_throughput [-- [SAMPLES] [current] [vmauth]]` (default
+//! 4,000,000 samples over 10,000 series with pie-like labels, default batching, pushed as the
+//! controller pushes its store: a snapshot of all 10,000 series at a time with
+//! `Client::push_many`). Against Debian's VictoriaMetrics 1.79 unless `current` names the
+//! current release (e2e/victoriametrics); `vmauth` pushes through a vmauth of the same release
+//! in front of it, whose CPU counts as the receiver's.
 
 use std::time::{Duration, Instant};
 
-use e2e::VictoriaMetrics;
+use e2e::{VictoriaMetrics, VmRelease, Vmauth};
 use remote_write::{Client, ClientConfig, EndpointConfig, Sample, Series};
 
 /// CPU seconds (user + system) of process `pid`.
@@ -27,13 +30,47 @@ async fn rows_inserted(vm: &VictoriaMetrics) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let samples: usize = args
+        .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(4_000_000);
+    let release = if args.iter().any(|a| a == "current") {
+        VmRelease::Current
+    } else {
+        VmRelease::Debian
+    };
     const SERIES: usize = 10_000;
-    let vm = VictoriaMetrics::start().await;
-    let (own_pid, vm_pid) = (std::process::id(), vm.pid());
+    let vm = VictoriaMetrics::start_release(release, &[]).await;
+    let vmauth = if args.iter().any(|a| a == "vmauth") {
+        let config = format!(
+            "users:\n- bearer_token: \"bench\"\n  url_prefix: \"{}\"\n",
+            vm.origin()
+        );
+        Some(Vmauth::start_release(release, &config, &[]).await)
+    } else {
+        None
+    };
+    let own_pid = std::process::id();
+    // The receiver: VictoriaMetrics, plus vmauth when it is in front.
+    let receiver_pids: Vec<u32> = std::iter::once(vm.pid())
+        .chain(vmauth.as_ref().map(Vmauth::pid))
+        .collect();
+    let receiver_cpu = || {
+        receiver_pids
+            .iter()
+            .map(|pid| cpu_seconds(*pid))
+            .sum::<f64>()
+    };
+    println!(
+        "receiver           VictoriaMetrics {} ({release:?}){}",
+        release.version(),
+        if vmauth.is_some() {
+            " behind vmauth"
+        } else {
+            ""
+        }
+    );
     let series: Vec<Series> = (0..SERIES)
         .map(|i| {
             Series::new(
@@ -48,14 +85,24 @@ async fn main() {
             .unwrap()
         })
         .collect();
+    let mut endpoint = match &vmauth {
+        Some(vmauth) => EndpointConfig::new(format!("{}/api/v1/write", vmauth.base_url())),
+        None => EndpointConfig::new(vm.write_url()),
+    };
+    let token_dir = tempfile::tempdir().unwrap();
+    if vmauth.is_some() {
+        let token = token_dir.path().join("token");
+        std::fs::write(&token, "bench\n").unwrap();
+        endpoint.auth = remote_write::Auth::BearerTokenFile(token);
+    }
     let client = Client::new(ClientConfig {
-        endpoints: vec![EndpointConfig::new(vm.write_url())],
+        endpoints: vec![endpoint],
         queue_capacity: 100_000,
         ..ClientConfig::default()
     })
     .unwrap();
 
-    let (cpu_self0, cpu_vm0) = (cpu_seconds(own_pid), cpu_seconds(vm_pid));
+    let (cpu_self0, cpu_vm0) = (cpu_seconds(own_pid), receiver_cpu());
     let started = Instant::now();
     let base = 1_700_000_000_000i64;
     // As the controller pushes its metric store: a snapshot of every series at once, with
@@ -81,10 +128,7 @@ async fn main() {
     }
     client.flush().await;
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_self, cpu_vm) = (
-        cpu_seconds(own_pid) - cpu_self0,
-        cpu_seconds(vm_pid) - cpu_vm0,
-    );
+    let (cpu_self, cpu_vm) = (cpu_seconds(own_pid) - cpu_self0, receiver_cpu() - cpu_vm0);
     let stats = client.stats()[0].clone();
     assert!(client.shutdown(Duration::from_secs(10)).await.is_complete());
     vm.force_flush().await;
@@ -110,6 +154,6 @@ async fn main() {
         stats.bytes_sent_raw as f64 / samples as f64
     );
     println!("sender CPU s       {cpu_self:.2}");
-    println!("VictoriaMetrics s  {cpu_vm:.2}");
-    println!("sender / VM CPU    {:.1}%", 100.0 * cpu_self / cpu_vm);
+    println!("receiver CPU s     {cpu_vm:.2}");
+    println!("sender / receiver  {:.1}%", 100.0 * cpu_self / cpu_vm);
 }

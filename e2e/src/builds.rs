@@ -1,7 +1,8 @@
 //! pie's binaries, built by the tests themselves: cargo builds no other package's binaries for a
 //! test (artifact dependencies are unstable), so the first test that needs them runs
 //! `cargo build` into the test binary's own target dir, where the dependencies are compiled
-//! already.
+//! already. The Go programs of the repository's Go modules (the local cluster, Helm, a current
+//! VictoriaMetrics) are built the same way by their scripts (scripts/lib/go-build.sh).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,4 +92,21 @@ pub fn clear_cargo_test_env(command: &mut Command) {
             command.env_remove(name.as_ref());
         }
     }
+}
+
+/// Runs `scripts/<script>` (one of the Go builds, scripts/lib/go-build.sh) for the tests' target
+/// dir and returns `<target>/<output>`; fails the test with the script's stderr.
+pub(crate) fn go_build(script: &str, what: &str, output: &str) -> PathBuf {
+    let target = target_dir();
+    let run = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(
+        run.status.success(),
+        "building {what} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    target.join(output)
 }

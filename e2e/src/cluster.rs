@@ -22,10 +22,11 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Deserialize;
 
+use crate::builds::go_build;
 pub use crate::builds::repo_root;
 use crate::process::file_tail;
 use crate::time::poll_until;
-use crate::{PieBinaries, Process, free_port, pie_binaries, target_dir};
+use crate::{PieBinaries, Process, free_port, pie_binaries};
 
 /// The agent image the tests' PieProbes use: `deploy/`'s tag, mapped to the `pie-agent` built
 /// for the tests.
@@ -175,23 +176,6 @@ pub fn build_helm() -> PathBuf {
     BUILT
         .get_or_init(|| go_build("build-helm.sh", "Helm", "helm/helm"))
         .clone()
-}
-
-/// Runs `scripts/<script>` (one of the Go builds, scripts/lib/go-build.sh) for the tests' target
-/// dir and returns `<target>/<output>`; fails the test with the script's stderr.
-fn go_build(script: &str, what: &str, output: &str) -> PathBuf {
-    let target = target_dir();
-    let run = Command::new("bash")
-        .arg(repo_root().join("scripts").join(script))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
-    assert!(
-        run.status.success(),
-        "building {what} failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    target.join(output)
 }
 
 fn start_local(nodes: usize) -> TestCluster {

@@ -63,3 +63,17 @@ pub fn scrape_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
             (got == want).then(|| value.parse().ok()).flatten()
         })
 }
+
+/// The sum of the values of the sample lines of a Prometheus text exposition whose name is
+/// `name` and that contain every string of `contains` (e.g. `code="5`), 0 when there is none.
+pub fn scrape_sum(text: &str, name: &str, contains: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| contains.iter().all(|c| l.contains(c)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}

@@ -1,6 +1,7 @@
 //! pie under test: `pie-controller receive` with its shared token, `pie-agent mount-probe`
 //! against it, and the result an agent posts, for tests that post results themselves.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::time::now_nanos;
-use crate::{Process, free_port, http_client, pie_binaries, scrape};
+use crate::{
+    ExportedSeries, Process, free_port, http_client, pie_binaries, samples_by_key, scrape,
+};
 
 /// `pie-controller receive` on a free loopback port, with a shared token, `/metrics` on another
 /// free loopback port, and remote write to the given URL.
@@ -103,6 +106,22 @@ impl PieReceive {
             .as_u16()
     }
 
+    /// POSTs [`probe_result_json`]`(probe, node, storage_class, value)` and fails the test
+    /// (with the receiver's log) unless it is accepted.
+    pub async fn post_probe_result(
+        &self,
+        probe: &str,
+        node: &str,
+        storage_class: &str,
+        value: f64,
+    ) {
+        let body: serde_json::Value =
+            serde_json::from_str(&probe_result_json(probe, node, storage_class, value))
+                .expect("probe_result_json is JSON");
+        let status = self.post(&body).await;
+        assert_eq!(status, 200, "result of {node}; log:\n{}", self.log_tail());
+    }
+
     /// Runs `pie-agent mount-probe` (real fio, 8 MiB) on `path` against this receiver.
     pub fn mount_probe(&self, path: &Path, node: &str, storage_class: &str, probe: &str) -> Output {
         Command::new(&pie_binaries().agent)
@@ -178,4 +197,44 @@ pub fn probe_result_json(probe: &str, node: &str, storage_class: &str, value: f6
         "write_latency_p99": value,
     })
     .to_string()
+}
+
+/// Checks that `exported` holds every result `(node, value)` posted as
+/// [`probe_result_json`]`(_, node, _, value)` exactly once: no series has two samples at one
+/// timestamp, and each node has the gauges and both `succeed` counters, one sample each, stamped
+/// within `posted` (ms), with the result's values.
+pub fn assert_results_exactly_once(
+    exported: &[ExportedSeries],
+    results: &[(String, f64)],
+    posted: RangeInclusive<i64>,
+) {
+    let duplicates: Vec<_> = samples_by_key(exported)
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .collect();
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    for (node, value) in results {
+        let of_node: Vec<&ExportedSeries> = exported
+            .iter()
+            .filter(|s| s.metric.get("node") == Some(node))
+            .collect();
+        assert_eq!(
+            of_node.len(),
+            MOUNT_RESULT_GAUGES.len() + 2,
+            "{node}: {of_node:?}"
+        );
+        for s in of_node {
+            let name = s.metric["__name__"].as_str();
+            assert_eq!(s.timestamps.len(), 1, "{name} of {node}: {s:?}");
+            assert!(posted.contains(&s.timestamps[0]), "{name} of {node}: {s:?}");
+            let want = match name {
+                "pie_performance_on_mount_probe_total" if s.metric["succeed"] == "true" => 1.0,
+                "pie_performance_on_mount_probe_total" => 0.0,
+                "pie_mount_probe_last_success_timestamp_seconds" => s.timestamps[0] as f64 / 1e3,
+                _ => *value,
+            };
+            // VictoriaMetrics keeps about 12 significant digits (Unix seconds with ms).
+            assert!((s.values[0] - want).abs() < 0.01, "{name} of {node}: {s:?}");
+        }
+    }
 }

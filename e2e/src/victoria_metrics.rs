@@ -1,6 +1,6 @@
-//! A single-node VictoriaMetrics, the store pie writes to, and how the tests read it back:
-//! `/api/v1/export` returns the raw samples (a query would evaluate them), which is what the
-//! exactly-once and value checks compare.
+//! A single-node VictoriaMetrics, the store pie writes to, of either [`VmRelease`], and how the
+//! tests read it back: `/api/v1/export` returns the raw samples (a query would evaluate them),
+//! which is what the exactly-once and value checks compare.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use crate::http::ok_body;
 use crate::time::now_nanos;
 use crate::time::poll_until;
-use crate::{Process, free_port, http_client, now_millis, require_binary};
+use crate::{Process, VmRelease, free_port, http_client, now_millis};
 
 /// One series as VictoriaMetrics' `/api/v1/export` returns it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -55,9 +55,32 @@ fn values_with_markers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64
     Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
+/// Every sample of `series` as `(labels, timestamp) -> values`; more than one value under a key
+/// is a duplicate.
+pub fn samples_by_key(series: &[ExportedSeries]) -> BTreeMap<(String, i64), Vec<f64>> {
+    let mut out: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for s in series {
+        let key = format!("{:?}", s.metric);
+        for (t, v) in s.timestamps.iter().zip(&s.values) {
+            out.entry((key.clone(), *t)).or_default().push(*v);
+        }
+    }
+    out
+}
+
+/// How many of `series` are named `name`: e.g. whether every result arrived, each result
+/// making one series of a gauge.
+pub fn series_count(series: &[ExportedSeries], name: &str) -> usize {
+    series
+        .iter()
+        .filter(|s| s.metric["__name__"] == name)
+        .count()
+}
+
 /// A single-node VictoriaMetrics on a free loopback port with a temporary data directory.
 #[derive(Debug)]
 pub struct VictoriaMetrics {
+    release: VmRelease,
     process: Process,
     port: u16,
     path_prefix: String,
@@ -66,13 +89,20 @@ pub struct VictoriaMetrics {
 }
 
 impl VictoriaMetrics {
-    /// Starts VictoriaMetrics and waits until it is healthy.
+    /// Starts Debian's VictoriaMetrics and waits until it is healthy.
     pub async fn start() -> VictoriaMetrics {
-        VictoriaMetrics::start_with(&[]).await
+        VictoriaMetrics::start_release(VmRelease::Debian, &[]).await
     }
 
-    /// Starts VictoriaMetrics with extra command-line flags (e.g. `-http.pathPrefix=/x`).
+    /// Starts Debian's VictoriaMetrics with extra command-line flags (e.g.
+    /// `-http.pathPrefix=/x`).
     pub async fn start_with(extra_args: &[&str]) -> VictoriaMetrics {
+        VictoriaMetrics::start_release(VmRelease::Debian, extra_args).await
+    }
+
+    /// Starts VictoriaMetrics of `release` with extra command-line flags and waits until it is
+    /// healthy.
+    pub async fn start_release(release: VmRelease, extra_args: &[&str]) -> VictoriaMetrics {
         let dir = tempfile::tempdir().expect("create a VictoriaMetrics data dir");
         let port = free_port();
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
@@ -82,8 +112,9 @@ impl VictoriaMetrics {
             .unwrap_or("")
             .trim_end_matches('/')
             .to_owned();
-        let process = Self::spawn(dir.path(), port, &extra_args);
+        let process = Self::spawn(release, dir.path(), port, &extra_args);
         let mut vm = VictoriaMetrics {
+            release,
             process,
             port,
             path_prefix,
@@ -94,8 +125,8 @@ impl VictoriaMetrics {
         vm
     }
 
-    fn spawn(dir: &Path, port: u16, extra_args: &[String]) -> Process {
-        let binary = require_binary("victoria-metrics", "victoria-metrics");
+    fn spawn(release: VmRelease, dir: &Path, port: u16, extra_args: &[String]) -> Process {
+        let binary = release.binary("victoria-metrics");
         let mut command = Command::new(binary);
         command
             .arg(format!("-storageDataPath={}", dir.join("data").display()))
@@ -115,6 +146,11 @@ impl VictoriaMetrics {
     async fn wait_ready(&mut self) {
         let url = format!("{}/health", self.base_url());
         self.process.wait_ready(&url, Duration::from_secs(30)).await;
+    }
+
+    /// The release this VictoriaMetrics is of; vmalert and vmauth next to it use the same.
+    pub fn release(&self) -> VmRelease {
+        self.release
     }
 
     /// `http://127.0.0.1:<port>` plus the configured `-http.pathPrefix`.
@@ -170,7 +206,7 @@ impl VictoriaMetrics {
     /// Starts VictoriaMetrics again on the same port and data directory and waits until healthy.
     pub async fn restart(&mut self) {
         self.process.stop();
-        self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
+        self.process = Self::spawn(self.release, self.dir.path(), self.port, &self.extra_args);
         self.wait_ready().await;
     }
 
@@ -184,7 +220,7 @@ impl VictoriaMetrics {
             clean,
             "victoria-metrics did not stop within 30 s of SIGTERM"
         );
-        self.process = Self::spawn(self.dir.path(), self.port, &self.extra_args);
+        self.process = Self::spawn(self.release, self.dir.path(), self.port, &self.extra_args);
         self.wait_ready().await;
         down.elapsed()
     }

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::http::ok_body;
 use crate::time::poll_until;
-use crate::{Process, VictoriaMetrics, free_port, http_client, repo_root, require_binary};
+use crate::{Process, VictoriaMetrics, VmRelease, free_port, http_client, repo_root};
 
 /// The shipped plain rule file, `deploy/alerts/pie.rules.yml`.
 pub fn shipped_rules() -> PathBuf {
@@ -62,15 +62,15 @@ pub struct Vmalert {
 }
 
 impl Vmalert {
-    /// Starts vmalert with the rule file `rules`, evaluated every `interval` (e.g. `1s`)
-    /// against `vm`, and waits until it answers.
+    /// Starts vmalert of `vm`'s release with the rule file `rules`, evaluated every `interval`
+    /// (e.g. `1s`) against `vm`, and waits until it answers.
     pub async fn start(
         rules: &Path,
         vm: &VictoriaMetrics,
         notifier_url: &str,
         interval: &str,
     ) -> Vmalert {
-        let binary = require_binary("vmalert", "victoria-metrics");
+        let binary = vm.release().binary("vmalert");
         let dir = tempfile::tempdir().expect("create a vmalert dir");
         let port = free_port();
         let mut command = Command::new(binary);
@@ -83,6 +83,12 @@ impl Vmalert {
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-external.url=http://127.0.0.1:{port}"))
             .arg("-loggerLevel=WARN");
+        if vm.release() == VmRelease::Current {
+            // Newer vmalert evaluates at now - `-rule.evalDelay` (30 s by default), which
+            // VictoriaMetrics' docs pair with its `-search.latencyOffset`: the harness runs
+            // VictoriaMetrics with 0s, so vmalert gets 0s too (1.79 has no such flag).
+            command.arg("-rule.evalDelay=0s");
+        }
         let process = Process::spawn_ready(
             "vmalert",
             command,

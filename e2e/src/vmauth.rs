@@ -6,20 +6,26 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::{Process, free_port, require_binary};
+use crate::{Process, VmRelease, free_port};
 
 /// `vmauth` on a free loopback port with the given auth config.
 #[derive(Debug)]
 pub struct Vmauth {
-    _process: Process,
+    process: Process,
     port: u16,
     _dir: TempDir,
 }
 
 impl Vmauth {
-    /// Starts vmauth with `config` (YAML) and waits until it answers.
+    /// Starts Debian's vmauth with `config` (YAML) and waits until it answers.
     pub async fn start(config: &str) -> Vmauth {
-        let binary = require_binary("vmauth", "victoria-metrics");
+        Vmauth::start_release(VmRelease::Debian, config, &[]).await
+    }
+
+    /// Starts vmauth of `release` with `config` (YAML) and extra command-line flags, and waits
+    /// until it answers.
+    pub async fn start_release(release: VmRelease, config: &str, extra_args: &[&str]) -> Vmauth {
+        let binary = release.binary("vmauth");
         let dir = tempfile::tempdir().expect("create a vmauth dir");
         let config_path = dir.path().join("auth.yml");
         std::fs::write(&config_path, config).expect("write the vmauth config");
@@ -28,7 +34,8 @@ impl Vmauth {
         command
             .arg(format!("-auth.config={}", config_path.display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg("-loggerLevel=WARN");
+            .arg("-loggerLevel=WARN")
+            .args(extra_args);
         let process = Process::spawn_ready(
             "vmauth",
             command,
@@ -38,7 +45,7 @@ impl Vmauth {
         )
         .await;
         Vmauth {
-            _process: process,
+            process,
             port,
             _dir: dir,
         }
@@ -47,5 +54,20 @@ impl Vmauth {
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Kills vmauth (SIGKILL), as a crashed node.
+    pub fn kill(&mut self) {
+        self.process.stop();
+    }
+
+    /// The log tail, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
     }
 }

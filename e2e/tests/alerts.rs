@@ -8,11 +8,16 @@
 //! writable), posts to `pie-controller receive`, which pushes to VictoriaMetrics; vmalert
 //! evaluates every second. `PieMountProbeIOErrors` has `for: 0m` and needs 2 failures in 30m,
 //! so two real failed probes make it fire at the next evaluation: no backdated samples needed.
+//! Once per VictoriaMetrics release (vmalert and VictoriaMetrics both Debian's 1.79, or both the
+//! current one).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{Notifier, PieReceive, VictoriaMetrics, Vmalert, require_binary, shipped_rules};
+use e2e::{
+    Notifier, PieReceive, VictoriaMetrics, VmRelease, Vmalert, require_binary, shipped_rules,
+    test_each_vm,
+};
 
 const CLUSTER: &str = "e2e-alerts";
 const PROBE: &str = "e2e-probe";
@@ -20,10 +25,13 @@ const SC: &str = "e2e-sc";
 const BROKEN: &str = "broken-node";
 const HEALTHY: &str = "healthy-node";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert() {
+test_each_vm!(a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert);
+
+async fn a_broken_mount_probe_fires_pie_mount_probe_io_errors_in_a_real_vmalert(
+    release: VmRelease,
+) {
     require_binary("fio", "fio");
-    let vm = VictoriaMetrics::start().await;
+    let vm = VictoriaMetrics::start_release(release, &[]).await;
     let notifier = Notifier::start().await;
     let vmalert = Vmalert::start(&shipped_rules(), &vm, notifier.url(), "1s").await;
     let controller = PieReceive::start(&vm.write_url(), CLUSTER, &[]).await;

@@ -5,8 +5,10 @@
 //!   VictoriaMetrics is back every accepted result is in it exactly once;
 //! - cap: during a long outage a small `--remote-write-buffer-max-bytes` keeps the disk (and
 //!   memory) bounded, the drop is counted in the self-metrics, and what survives is the newest.
+//!
+//! Both once per VictoriaMetrics release (Debian's 1.79, the current one).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, build_pie_controller, dir_bytes,
-    free_port, http_client, probe_result_json, rss_bytes, scrape_value, target_dir,
+    MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, VmRelease, assert_results_exactly_once,
+    build_pie_controller, dir_bytes, free_port, http_client, probe_result_json, rss_bytes,
+    scrape_value, target_dir, test_each_vm,
 };
 
 /// Samples one successful result puts in the store: the gauges and both `succeed` counters.
@@ -116,19 +119,6 @@ fn dropped(text: &str, url: &str, reason: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Every sample of every series, as `(labels, timestamp) -> values`; more than one value
-/// under a key is a duplicate.
-fn samples_by_key(series: &[ExportedSeries]) -> BTreeMap<(String, i64), Vec<f64>> {
-    let mut out: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
-    for s in series {
-        let key = format!("{:?}", s.metric);
-        for (t, v) in s.timestamps.iter().zip(&s.values) {
-            out.entry((key.clone(), *t)).or_default().push(*v);
-        }
-    }
-    out
-}
-
 /// Bytes of the buffer's segment files (`*.seg`) under `dir`.
 fn segment_bytes(dir: &Path) -> u64 {
     let mut total = 0;
@@ -164,11 +154,15 @@ async fn assert_duplicates_are_visible(vm: &VictoriaMetrics) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() {
+test_each_vm!(
+    results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once,
+    a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop,
+);
+
+async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once(release: VmRelease) {
     const RESULTS: usize = 60;
     let bin = build_pie_controller(&target_dir());
-    let mut vm = VictoriaMetrics::start().await;
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
     let url = vm.write_url();
     // VictoriaMetrics is down from the start: nothing can be delivered.
     vm.stop();
@@ -295,39 +289,10 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() 
 
     assert_duplicates_are_visible(&vm).await;
     let exported = vm.export(r#"{__name__=~"pie_.*",cluster="crash"}"#).await;
-    // No series has two samples at one timestamp.
-    let by_key = samples_by_key(&exported);
-    let duplicates: Vec<_> = by_key.iter().filter(|(_, v)| v.len() > 1).collect();
-    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
-
-    // Every result is there exactly once, with its own values.
-    let in_time = |t: i64| (posted_from..=posted_to + 1000).contains(&t);
-    for i in 0..RESULTS {
-        let node = format!("node-{i:03}");
-        let value = (i + 1) as f64;
-        let of_node: Vec<&ExportedSeries> = exported
-            .iter()
-            .filter(|s| s.metric.get("node") == Some(&node))
-            .collect();
-        assert_eq!(
-            of_node.len(),
-            MOUNT_RESULT_GAUGES.len() + 2,
-            "{node}: {of_node:?}"
-        );
-        for s in of_node {
-            let name = s.metric["__name__"].as_str();
-            assert_eq!(s.timestamps.len(), 1, "{name} of {node}: {s:?}");
-            assert!(in_time(s.timestamps[0]), "{name} of {node}: {s:?}");
-            let want = match name {
-                "pie_performance_on_mount_probe_total" if s.metric["succeed"] == "true" => 1.0,
-                "pie_performance_on_mount_probe_total" => 0.0,
-                "pie_mount_probe_last_success_timestamp_seconds" => s.timestamps[0] as f64 / 1e3,
-                _ => value,
-            };
-            // VictoriaMetrics keeps about 12 significant digits (Unix seconds with ms).
-            assert!((s.values[0] - want).abs() < 0.01, "{name} of {node}: {s:?}");
-        }
-    }
+    let results: Vec<(String, f64)> = (0..RESULTS)
+        .map(|i| (format!("node-{i:03}"), (i + 1) as f64))
+        .collect();
+    assert_results_exactly_once(&exported, &results, posted_from..=posted_to + 1000);
     // The receiver's own counter went 1, 2, ..., RESULTS: each value once.
     let mut requests: Vec<f64> = exported
         .iter()
@@ -342,12 +307,13 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once() 
     assert_eq!(requests, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop() {
+async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop(
+    release: VmRelease,
+) {
     const RESULTS: usize = 1500;
     const CAP: u64 = 64 * 1024;
     let bin = build_pie_controller(&target_dir());
-    let mut vm = VictoriaMetrics::start().await;
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
     let url = vm.write_url();
     vm.stop();
     let dir = tempfile::tempdir_in(target_dir()).expect("a work dir on a real filesystem");
@@ -475,7 +441,7 @@ async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop
         nodes.len()
     );
     eprintln!("cap: {} of {RESULTS} results arrived", nodes.len());
-    let by_key = samples_by_key(&exported);
+    let by_key = e2e::samples_by_key(&exported);
     assert!(
         by_key.values().all(|v| v.len() == 1),
         "duplicates after replay"

@@ -1,16 +1,25 @@
 //! VictoriaMetrics is down for 60 s while probes keep reporting to `pie-controller receive`
 //! every second: afterwards every sample of every result is in VictoriaMetrics exactly once,
-//! in order, with the time it was received (the remote-write client's in-memory queue holds
-//! them, no disk buffer).
+//! in order, with the time it was received. Two routes, run side by side:
+//!
+//! - straight to VictoriaMetrics, which refuses connections while down; the remote-write
+//!   client's in-memory queue holds the samples (no disk buffer);
+//! - through vmauth, which stays up and answers 5xx while its backend is down (what a
+//!   load balancer in front of vminsert does when every vminsert is down), with pie's disk
+//!   buffer on (`--remote-write-buffer-dir`): the samples go to disk and are replayed.
 //!
 //! `--push-interval 1h` keeps the periodic re-send of the whole store out of the window, so the
 //! samples VictoriaMetrics must hold are exactly the ones the results produced and the
 //! comparison is exact. VictoriaMetrics keeps duplicate samples (no `-dedup.minScrapeInterval`),
-//! so a batch sent twice would show.
+//! so a batch sent twice would show. Once per VictoriaMetrics release (Debian's 1.79, the current
+//! one: VictoriaMetrics and vmauth of that release).
 
 use std::time::Duration;
 
-use e2e::{ExportedSeries, PieReceive, VictoriaMetrics, now_millis};
+use e2e::{
+    ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, Vmauth, now_millis, scrape_sum,
+    target_dir, test_each_vm,
+};
 use serde_json::json;
 
 const BEFORE: usize = 5;
@@ -54,11 +63,55 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing() {
-    let mut vm = VictoriaMetrics::start().await;
-    let controller =
-        PieReceive::start(&vm.write_url(), "e2e-outage", &["--push-interval", "1h"]).await;
+test_each_vm!(sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing);
+
+async fn sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing(release: VmRelease) {
+    // Each route has its own VictoriaMetrics; both wait out their outage at the same time.
+    tokio::join!(
+        outage(release, Route::Direct),
+        outage(release, Route::VmauthWithDiskBuffer)
+    );
+}
+
+/// How pie reaches VictoriaMetrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `--remote-write-url` is VictoriaMetrics itself; no disk buffer.
+    Direct,
+    /// `--remote-write-url` is a vmauth in front of VictoriaMetrics (bearer token), and
+    /// `--remote-write-buffer-dir` is set.
+    VmauthWithDiskBuffer,
+}
+
+async fn outage(release: VmRelease, route: Route) {
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
+    let dir = tempfile::tempdir_in(target_dir()).expect("a work dir on a real filesystem");
+    let (write_url, extra_args, _vmauth) = match route {
+        Route::Direct => (vm.write_url(), Vec::new(), None),
+        Route::VmauthWithDiskBuffer => {
+            let config = format!(
+                "users:\n- bearer_token: \"outage-token\"\n  url_prefix: \"{}\"\n",
+                vm.origin()
+            );
+            let vmauth = Vmauth::start_release(release, &config, &[]).await;
+            let token = dir.path().join("token");
+            std::fs::write(&token, "outage-token\n").unwrap();
+            let args = vec![
+                "--remote-write-bearer-token-file".to_owned(),
+                token.display().to_string(),
+                "--remote-write-buffer-dir".to_owned(),
+                dir.path().join("buffer").display().to_string(),
+            ];
+            (
+                format!("{}/api/v1/write", vmauth.base_url()),
+                args,
+                Some(vmauth),
+            )
+        }
+    };
+    let mut args = vec!["--push-interval", "1h"];
+    args.extend(extra_args.iter().map(String::as_str));
+    let controller = PieReceive::start(&write_url, "e2e-outage", &args).await;
     let total = BEFORE + DURING + AFTER;
     // (sent, answered) in ms for each result.
     let mut windows: Vec<(i64, i64)> = Vec::with_capacity(total);
@@ -96,10 +149,26 @@ async fn sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing() {
     }
     let metrics = controller.metrics().await;
     let pending = metric(&metrics, "pie_remote_write_pending_samples", &[]).unwrap_or(0.0);
-    assert!(
-        pending > 0.0,
-        "nothing pending after 60 s without VictoriaMetrics:\n{metrics}"
-    );
+    let on_disk = metric(&metrics, "pie_remote_write_buffer_samples", &[]).unwrap_or(0.0);
+    match route {
+        Route::Direct => assert!(
+            pending > 0.0 && on_disk == 0.0,
+            "{route:?}: nothing pending in memory after 60 s without VictoriaMetrics:\n{metrics}"
+        ),
+        Route::VmauthWithDiskBuffer => {
+            assert!(
+                on_disk > 0.0,
+                "{route:?}: nothing in the disk buffer after 60 s without VictoriaMetrics:\n{metrics}"
+            );
+            // vmauth answered, with a 5xx (a 4xx would have been dropped).
+            let answered_5xx =
+                scrape_sum(&metrics, "pie_remote_write_requests_total", &["code=\"5"]);
+            assert!(
+                answered_5xx > 0.0,
+                "{route:?}: no 5xx from vmauth:\n{metrics}"
+            );
+        }
+    }
     vm.restart().await;
     for i in BEFORE + DURING + 1..=total {
         post(i, &mut windows).await;
@@ -177,10 +246,6 @@ async fn sixty_seconds_without_victoria_metrics_lose_and_duplicate_nothing() {
     let metrics = controller.metrics().await;
     let retried = metric(&metrics, "pie_remote_write_samples_retried_total", &[]).unwrap_or(0.0);
     assert!(retried > 0.0, "no retries recorded:\n{metrics}");
-    let dropped: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pie_remote_write_samples_dropped_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum();
+    let dropped = scrape_sum(&metrics, "pie_remote_write_samples_dropped_total", &[]);
     assert_eq!(dropped, 0.0, "{metrics}");
 }

@@ -1,7 +1,7 @@
 //! `pie-controller receive` with a real VictoriaMetrics and a real `pie-agent mount-probe`
 //! running fio: pie's mount-probe series and the fio extras reach VictoriaMetrics with the right
 //! labels and values within 2 s of the agent exiting, and `/metrics` passes `promtool check
-//! metrics`.
+//! metrics`. Once per VictoriaMetrics release (Debian's 1.79, the current one).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, free_port, http_client,
-    pie_binaries, require_binary, target_dir,
+    ExportedSeries, MOUNT_RESULT_GAUGES, Process, VictoriaMetrics, VmRelease, free_port,
+    http_client, pie_binaries, require_binary, target_dir, test_each_vm,
 };
 
 /// `name{labels} value` lines of a Prometheus text exposition, labels as a map with
@@ -48,11 +48,12 @@ fn last(series: &ExportedSeries) -> f64 {
     *series.values.last().expect("a sample")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receive_pushes_a_real_mount_probe_to_victoria_metrics() {
+test_each_vm!(receive_pushes_a_real_mount_probe_to_victoria_metrics);
+
+async fn receive_pushes_a_real_mount_probe_to_victoria_metrics(release: VmRelease) {
     require_binary("fio", "fio");
     let (controller_bin, agent_bin) = (&pie_binaries().controller, &pie_binaries().agent);
-    let vm = VictoriaMetrics::start().await;
+    let vm = VictoriaMetrics::start_release(release, &[]).await;
     let dir = tempfile::tempdir_in(target_dir()).expect("a work dir on a real filesystem");
     let token = dir.path().join("token");
     std::fs::write(&token, "e2e-shared-token\n").unwrap();

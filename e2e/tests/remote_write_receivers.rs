@@ -1,11 +1,12 @@
 //! The remote-write library against real receivers: VictoriaMetrics single node, vmauth in
-//! front of it with the cluster-style `/insert/<accountID>/prometheus/api/v1/write` URL, and
-//! Prometheus' remote-write receiver. Known series are pushed and read back exactly.
+//! front of it with the cluster-style `/insert/<accountID>/prometheus/api/v1/write` URL (both
+//! once per VictoriaMetrics release: Debian's 1.79 and the current one), and Prometheus'
+//! remote-write receiver. Known series are pushed and read back exactly.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{Prometheus, VictoriaMetrics, Vmauth, now_millis};
+use e2e::{Prometheus, VictoriaMetrics, VmRelease, Vmauth, now_millis, test_each_vm};
 use remote_write::{Auth, BatchConfig, Client, ClientConfig, EndpointConfig, Sample, Series};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -112,9 +113,13 @@ async fn assert_in_victoria_metrics(
     );
 }
 
-#[tokio::test]
-async fn victoria_metrics_stores_exactly_what_was_pushed() {
-    let vm = VictoriaMetrics::start().await;
+test_each_vm!(
+    victoria_metrics_stores_exactly_what_was_pushed,
+    vmauth_routes_the_cluster_style_url_with_bearer_auth,
+);
+
+async fn victoria_metrics_stores_exactly_what_was_pushed(release: VmRelease) {
+    let vm = VictoriaMetrics::start_release(release, &[]).await;
     let client = client_for(EndpointConfig::new(vm.write_url()));
     let series = known_series("rw_vm");
     push_all(&client, &series).await;
@@ -128,16 +133,16 @@ async fn victoria_metrics_stores_exactly_what_was_pushed() {
     assert!(client.shutdown(WAIT).await.is_complete());
 }
 
-#[tokio::test]
-async fn vmauth_routes_the_cluster_style_url_with_bearer_auth() {
+async fn vmauth_routes_the_cluster_style_url_with_bearer_auth(release: VmRelease) {
     // VictoriaMetrics single node serves under the vminsert path prefix, so the request path
     // the client sends is exactly the cluster one, end to end through a real vmauth.
-    let vm = VictoriaMetrics::start_with(&["-http.pathPrefix=/insert/0/prometheus"]).await;
+    let vm =
+        VictoriaMetrics::start_release(release, &["-http.pathPrefix=/insert/0/prometheus"]).await;
     let config = format!(
         "users:\n- bearer_token: \"e2e-token\"\n  url_map:\n  - src_paths: [\"/insert/0/prometheus/api/v1/write\"]\n    url_prefix: \"{}\"\n",
         vm.origin()
     );
-    let vmauth = Vmauth::start(&config).await;
+    let vmauth = Vmauth::start_release(release, &config, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "e2e-token\n").unwrap();

@@ -1,10 +1,11 @@
 //! SIGTERM to `pie-controller receive` delivers what is still pending before the process
 //! exits: samples held back by batching, and samples held back because VictoriaMetrics is
-//! unreachable when the signal arrives and returns within the shutdown window (10 s).
+//! unreachable when the signal arrives and returns within the shutdown window (10 s). Both once
+//! per VictoriaMetrics release (Debian's 1.79, the current one).
 
 use std::time::Duration;
 
-use e2e::{ExportedSeries, PieReceive, VictoriaMetrics, now_millis};
+use e2e::{ExportedSeries, PieReceive, VictoriaMetrics, VmRelease, now_millis, test_each_vm};
 use serde_json::json;
 
 fn result(probe: &str, i: usize) -> serde_json::Value {
@@ -40,9 +41,13 @@ fn assert_three_results_and_the_final_push(all: &[ExportedSeries], terminated_ms
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_flushes_samples_held_back_by_batching() {
-    let vm = VictoriaMetrics::start().await;
+test_each_vm!(
+    sigterm_flushes_samples_held_back_by_batching,
+    sigterm_waits_for_victoria_metrics_to_come_back,
+);
+
+async fn sigterm_flushes_samples_held_back_by_batching(release: VmRelease) {
+    let vm = VictoriaMetrics::start_release(release, &[]).await;
     let mut controller = PieReceive::start(
         &vm.write_url(),
         "e2e-sigterm",
@@ -90,9 +95,8 @@ async fn sigterm_flushes_samples_held_back_by_batching() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_waits_for_victoria_metrics_to_come_back() {
-    let mut vm = VictoriaMetrics::start().await;
+async fn sigterm_waits_for_victoria_metrics_to_come_back(release: VmRelease) {
+    let mut vm = VictoriaMetrics::start_release(release, &[]).await;
     let mut controller = PieReceive::start(
         &vm.write_url(),
         "e2e-sigterm-down",

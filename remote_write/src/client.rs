@@ -231,6 +231,23 @@ impl Client {
         }
     }
 
+    /// Sends everything queued now and waits until every sample pushed before this call left
+    /// memory on every endpoint: delivered, dropped, or written to the disk buffer (synced as
+    /// its fsync policy says). A program that acknowledges data to its own clients only after
+    /// this loses nothing it acknowledged when it is killed. Without a disk buffer this waits
+    /// for an endpoint that is down to come back; wrap it in [`tokio::time::timeout`].
+    pub async fn settle(&self) {
+        let targets: Vec<u64> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|(queue, _)| queue.request_flush())
+            .collect();
+        for ((queue, _), target) in self.inner.endpoints.iter().zip(targets) {
+            queue.wait_durable(target).await;
+        }
+    }
+
     /// Delivers what it can within `timeout`, then stops the senders and reports what each
     /// endpoint could not deliver. With a disk buffer, what is undelivered at the deadline
     /// (the batch in flight and everything queued) is written to disk instead of being lost,

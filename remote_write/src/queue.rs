@@ -65,8 +65,14 @@ struct State {
 impl State {
     /// Every sample with a lower sequence number is delivered or dropped.
     fn done_before(&self) -> u64 {
-        let memory = self.inflight.map_or(self.head_seq, |(first, _)| first);
+        let memory = self.durable_before();
         self.disk.map_or(memory, |(first, _)| first.min(memory))
+    }
+
+    /// Every sample with a lower sequence number is delivered, dropped, or in the disk buffer
+    /// (written, and synced as the buffer's fsync policy says): no longer only in memory.
+    fn durable_before(&self) -> u64 {
+        self.inflight.map_or(self.head_seq, |(first, _)| first)
     }
 
     fn next_seq(&self) -> u64 {
@@ -100,6 +106,7 @@ pub(crate) struct Queue {
     /// Set by [`Queue::request_flush`]: send everything now, not only full batches.
     force: AtomicBool,
     done: watch::Sender<u64>,
+    durable: watch::Sender<u64>,
     stats: Arc<EndpointStats>,
     external: ExternalLabels,
     capacity: usize,
@@ -121,6 +128,7 @@ impl Queue {
             wake: Notify::new(),
             force: AtomicBool::new(false),
             done: watch::Sender::new(0),
+            durable: watch::Sender::new(0),
             stats,
             external,
             capacity,
@@ -272,12 +280,16 @@ impl Queue {
     }
 
     fn publish_done(&self, st: &State) {
-        let done = st.done_before();
-        self.done.send_if_modified(|d| {
-            let changed = *d != done;
-            *d = done;
-            changed
-        });
+        for (tx, value) in [
+            (&self.done, st.done_before()),
+            (&self.durable, st.durable_before()),
+        ] {
+            tx.send_if_modified(|d| {
+                let changed = *d != value;
+                *d = value;
+                changed
+            });
+        }
     }
 
     /// Samples queued (not counting the batch in flight).
@@ -412,6 +424,13 @@ impl Queue {
         let mut rx = self.done.subscribe();
         // The sender is owned by the queue, so the channel cannot close while we wait.
         let _ = rx.wait_for(|done| *done >= target).await;
+    }
+
+    /// Waits until every sample with a sequence number below `target` is delivered, dropped or
+    /// in the disk buffer.
+    pub(crate) async fn wait_durable(&self, target: u64) {
+        let mut rx = self.durable.subscribe();
+        let _ = rx.wait_for(|durable| *durable >= target).await;
     }
 
     /// Forgets series whose staleness marker is older than `cutoff_ms`, so that a long-running

@@ -187,6 +187,51 @@ async fn flush_waits_for_batches_moved_to_disk_during_an_outage() {
     assert_eq!(client.stats()[0].buffer.records, 0);
 }
 
+/// `settle` returns once what was pushed left memory: on disk during an outage (where `flush`
+/// still waits), delivered when the endpoint is up; never while a sample is only in memory.
+#[tokio::test]
+async fn settle_returns_once_pushed_samples_are_on_disk_or_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let client = Client::new(buffered_config(&url, dir.path())).unwrap();
+    for i in 0..50 {
+        client.push(&series("a"), Sample::new(i as f64, 1000 + i));
+    }
+    tokio::time::timeout(WAIT, client.settle())
+        .await
+        .expect("settled on disk while the endpoint is down");
+    let stats = &client.stats()[0];
+    assert_eq!((stats.buffer.samples, stats.pending_samples), (50, 0));
+
+    let rx = Receiver::start_on(port_of(&url)).await;
+    client.push(&series("a"), Sample::new(50.0, 1050));
+    tokio::time::timeout(WAIT, client.settle())
+        .await
+        .expect("settled once delivered or stored");
+    tokio::time::timeout(WAIT, client.flush()).await.unwrap();
+    assert_eq!(
+        timestamps(&rx.accepted_samples(), "a"),
+        (1000..1051).collect::<Vec<_>>()
+    );
+}
+
+/// Without a disk buffer, `settle` means delivered: it waits while the endpoint is down.
+#[tokio::test]
+async fn without_a_buffer_settle_waits_for_delivery() {
+    let url = dead_url();
+    let client = Client::new(fast_config(std::slice::from_ref(&url))).unwrap();
+    client.push(&series("a"), Sample::new(1.0, 1000));
+    let settle = tokio::spawn({
+        let client = client.clone();
+        async move { client.settle().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!settle.is_finished(), "only in memory: not settled");
+    let rx = Receiver::start_on(port_of(&url)).await;
+    tokio::time::timeout(WAIT, settle).await.unwrap().unwrap();
+    assert_eq!(timestamps(&rx.accepted_samples(), "a"), [1000]);
+}
+
 #[tokio::test]
 async fn damaged_buffer_replays_the_rest_and_counts_the_damage() {
     let dir = tempfile::tempdir().unwrap();

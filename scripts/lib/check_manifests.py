@@ -94,7 +94,7 @@ EXPECTED_CLUSTER_RULES = {
     ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
 }
-EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch", "update"}}
+EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 
 
 def crd_schema():

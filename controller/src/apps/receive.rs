@@ -87,7 +87,11 @@ pub async fn run(
     serve_metrics(args.listen.metrics_addr.as_deref(), &pusher).await?;
     let listener = listen::bind("binding the receiver on", listen).await?;
     info!(addr = %listen, "receiving results");
-    let periodic = tokio::spawn(pusher.clone().run_periodic(args.push.push_interval, |_| {}));
+    let periodic = tokio::spawn(pusher.clone().run_periodic(
+        args.push.push_interval,
+        Default::default(),
+        |_| {},
+    ));
     let receiver = Receiver {
         pusher: pusher.clone(),
         auth,

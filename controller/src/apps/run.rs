@@ -132,14 +132,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     });
     let periodic = {
         let (handles, health) = (handles.clone(), health.clone());
-        tokio::spawn(
-            pusher
-                .clone()
-                .run_periodic(args.push.push_interval, move |pusher| {
-                    let plan = health.ready().then(|| handles.planned());
-                    sync(pusher, health.leader(), plan.as_ref());
-                }),
-        )
+        tokio::spawn(pusher.clone().run_periodic(
+            args.push.push_interval,
+            health.became_ready(),
+            move |pusher| {
+                let plan = health.ready().then(|| handles.planned());
+                sync(pusher, health.leader(), plan.as_ref());
+            },
+        ))
     };
 
     let options = RunOptions {

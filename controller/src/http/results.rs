@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::http::auth::{AuthError, Authenticator, Identity, bearer};
 use crate::metrics::catalogue;
 use crate::metrics::catalogue::{Op, Probe, Update};
-use crate::metrics::push::Pusher;
+use crate::metrics::push::{Pusher, SETTLE_TIMEOUT};
 use remote_write::now_ms;
 
 /// Largest accepted body, bytes.
@@ -149,6 +149,12 @@ async fn receive(
     if let Some(e) = errors.first() {
         // Validation makes this unreachable; report it rather than lose it silently.
         return Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    }
+    // Answer once the result is out of memory (delivered, or on disk), so that a controller
+    // killed in between loses nothing the probe was told was taken: the probe retries. Past
+    // the bound (VictoriaMetrics down and no disk buffer), the result stays queued.
+    if !receiver.pusher.settle(SETTLE_TIMEOUT).await {
+        tracing::debug!("a result is accepted before it left memory (remote write is slow)");
     }
     Ok(Json(json!({ "status": "accepted" })))
 }

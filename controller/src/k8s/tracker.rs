@@ -29,7 +29,7 @@ use super::actions;
 use crate::domain::outcome::machine::{Action, Decision, Machine, Observation};
 use crate::domain::outcome::observe::{self, Known, ProbeIndex};
 use crate::k8s::watch::{by_label, logged, managed_selector, provision_pvc_selector, scoped};
-use crate::metrics::push::Pusher;
+use crate::metrics::push::{Pusher, SETTLE_TIMEOUT};
 use remote_write::now_ms;
 
 /// How often thresholds are checked and Event namespaces re-evaluated.
@@ -179,8 +179,9 @@ async fn watch_events<I: ProbeIndex>(client: Client, index: Arc<I>, tx: mpsc::Se
 }
 
 /// Carries out a decision: marks the Pod, then records the outcome (queued for remote write at
-/// once) and notes the Pod counted (from then on the results API answers it), then deletes a
-/// late Pod's Job and shows the outcome in the PieProbe's status. A mark that cannot be made
+/// once) and, once it left memory (delivered or on disk, at most a few seconds), notes the Pod
+/// counted (from then on the results API answers it), then deletes a late Pod's Job and shows
+/// the outcome in the PieProbe's status. A mark that cannot be made
 /// after the retries (the API server is away) does not hold the outcome back.
 async fn settle(client: Client, pusher: Pusher, counted: Arc<CountedPods>, decision: Decision) {
     let Decision {
@@ -209,6 +210,8 @@ async fn settle(client: Client, pusher: Pusher, counted: Arc<CountedPods>, decis
         debug!(%namespace, %pie_probe, probe = kind.label(), ?node, result, ?reason, "probe outcome counted");
     }
     pusher.record(updates);
+    // The Pod is answered (and may end) only once its outcome is out of memory.
+    pusher.settle(SETTLE_TIMEOUT).await;
     counted.update(vec![uid], Vec::new());
     for action in &actions {
         if let Err(e) = act(&client, action).await {

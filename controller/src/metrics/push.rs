@@ -127,6 +127,10 @@ pub struct PushArgs {
     pub remote_write_buffer_fsync: BufferFsync,
 }
 
+/// How long what answers a probe waits for its samples to leave memory (see
+/// [`Pusher::settle`]) before it answers anyway.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `--remote-write-buffer-fsync`: the user-facing names of [`Fsync`]. (Plain comments on the
 /// variants: doc comments would become per-value help and switch `--help` to its long layout.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -317,6 +321,17 @@ impl Pusher {
         errors
     }
 
+    /// Waits (at most `timeout`) until everything recorded so far left memory: delivered to
+    /// every remote-write URL, dropped, or written to the disk buffer. Returns whether it did in
+    /// time (true without remote write). What answers a probe only after this (the results API,
+    /// the count of a probe Pod) loses nothing it answered to a `kill -9`.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        match &self.client {
+            Some(client) => tokio::time::timeout(timeout, client.settle()).await.is_ok(),
+            None => true,
+        }
+    }
+
     /// Queues `points`.
     pub fn push(&self, points: &[Point]) {
         if let Some(client) = &self.client {
@@ -367,14 +382,23 @@ impl Pusher {
     }
 
     /// The periodic push, the one loop of both `run` and `receive`: every `interval` (the first
-    /// at once) `sync` brings the store up to date (`run` exports the plan and drops the series
-    /// of deleted PieProbes; `receive` has nothing to add), then the whole store is queued so
-    /// no series looks stale. Runs until the task is dropped.
-    pub async fn run_periodic(self, interval: Duration, mut sync: impl FnMut(&Pusher) + Send) {
+    /// at once), and at once whenever `early` is notified, `sync` brings the store up to date
+    /// (`run` exports the plan and drops the series of deleted PieProbes; `receive` has nothing
+    /// to add), then the whole store is queued so no series looks stale. Runs until the task is
+    /// dropped.
+    pub async fn run_periodic(
+        self,
+        interval: Duration,
+        early: Arc<tokio::sync::Notify>,
+        mut sync: impl FnMut(&Pusher) + Send,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = early.notified() => ticker.reset(),
+            }
             sync(&self);
             let n = self.push_all(now_ms());
             tracing::debug!(samples = n, "periodic push");

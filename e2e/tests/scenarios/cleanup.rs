@@ -26,10 +26,51 @@ fn on_nodes(nodes: &[&String]) -> serde_json::Value {
 
 /// Whether every series ends with a staleness marker (and there is at least one).
 fn all_stale(series: &[ExportedSeries]) -> bool {
-    !series.is_empty()
-        && series
-            .iter()
-            .all(|s| s.values.last().is_some_and(|v| v.is_nan()))
+    !series.is_empty() && series.iter().all(ends_stale)
+}
+
+fn ends_stale(series: &ExportedSeries) -> bool {
+    series.values.last().is_some_and(|v| v.is_nan())
+}
+
+/// Waits until every series pie pushed matching `selector` ends with a staleness marker (what
+/// vmalert's recording rules write back, `pie:...`, goes on over their window); on timeout
+/// panics naming the ones that do not, with their last samples.
+async fn wait_all_stale(s: &Scenario, selector: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let series: Vec<ExportedSeries> = s
+            .series(selector)
+            .await
+            .into_iter()
+            .filter(|x| x.label("__name__").starts_with("pie_"))
+            .collect();
+        if all_stale(&series) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let live: Vec<String> = series
+                .iter()
+                .filter(|x| !ends_stale(x))
+                .map(|x| {
+                    let n = x.values.len();
+                    let tail: Vec<_> = x.timestamps[n.saturating_sub(3)..]
+                        .iter()
+                        .zip(&x.values[n.saturating_sub(3)..])
+                        .collect();
+                    format!("{:?}: {tail:?}", x.metric)
+                })
+                .collect();
+            panic!(
+                "[cleanup] series of {selector} without a staleness marker after 90 s \
+                 ({} series in all):\n{}\n{}",
+                series.len(),
+                live.join("\n"),
+                s.diagnostics().await
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 pub async fn run(env: &'static Env) {
@@ -85,17 +126,13 @@ pub async fn run(env: &'static Env) {
     )
     .await;
     let of_n1 = format!(r#"{{pie_probe_name="{PROBE}",node="{n1}"}}"#);
-    s.wait(
-        &format!("staleness markers for every series of {n1}"),
-        Duration::from_secs(90),
-        || async { all_stale(&s.series(&of_n1).await) },
-    )
-    .await;
+    wait_all_stale(&s, &of_n1).await;
     assert!(
-        !all_stale(
-            &s.series(&format!(r#"{{pie_probe_name="{PROBE}",node="{n2}"}}"#))
-                .await
-        ),
+        s.series(&format!(r#"{{pie_probe_name="{PROBE}",node="{n2}"}}"#))
+            .await
+            .iter()
+            .filter(|x| x.label("__name__").starts_with("pie_"))
+            .all(|x| !ends_stale(x)),
         "{n2}'s series stay"
     );
     note(
@@ -160,11 +197,6 @@ pub async fn run(env: &'static Env) {
     )
     .await;
     let of_probe = format!(r#"{{pie_probe_name="{PROBE}"}}"#);
-    s.wait(
-        "staleness markers for every series of the PieProbe",
-        Duration::from_secs(90),
-        || async { all_stale(&s.series(&of_probe).await) },
-    )
-    .await;
+    wait_all_stale(&s, &of_probe).await;
     s.finish().await;
 }
