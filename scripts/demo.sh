@@ -94,7 +94,7 @@ trap 'echo; echo "demo: interrupted"; exit 130' INT TERM
 say "building (later runs reuse the builds and take seconds here)"
 with_progress "building the local Kubernetes (e2e/cluster, Go: kube-apiserver, etcd, controller-manager, scheduler, process kubelet, test provisioner)" \
   "7-9 min, downloading about 800 MB of Go modules" "$tmp/build-cluster.log" bash scripts/build-cluster.sh
-with_progress "building pie-agent and pie-controller (cargo, debug)" "3-5 min" "$tmp/build-pie.log" \
+with_progress "building pie-agent and pie-controller (cargo, debug)" "2-4 min" "$tmp/build-pie.log" \
   cargo build -p pie-agent -p pie-controller
 bin="$target/debug"
 kubectl="$target/pie-cluster/kubectl"

@@ -67,14 +67,8 @@ with_progress() { # what first log cmd...
   local what=$1 first=$2 log=$3 started=$SECONDS pid status=0 next=30
   shift 3
   echo "  $what (the first time: $first; later runs reuse the build)"
-  if [ -n "${DEMO_CLUSTER_FD:-}" ]; then
-    "$@" >"$log" 2>&1 </dev/null {DEMO_CLUSTER_FD}>&- &
-  else
-    "$@" >"$log" 2>&1 </dev/null &
-  fi
-  pid=$!
-  demo_pids+=("$pid")
-  demo_names+=("$what")
+  start_bg "$what" "$log" "$@"
+  pid=${demo_pids[-1]}
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if ((SECONDS - started >= next)); then

@@ -137,13 +137,13 @@ fn outcome(
 ) -> Option<(u32, u32, String)> {
     lines.iter().find_map(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
-        if words.len() < 8 || words[..4] != [probe, sc, kind, node] {
+        if words.len() < 9 || words[..4] != [probe, sc, kind, node] {
             return None;
         }
         // "<n> on time, <m> late (<reason> <k>, ...)"
         let on_time = words[4].parse().ok()?;
         let late = words[7].parse().ok()?;
-        Some((on_time, late, words[8..].join(" ")))
+        Some((on_time, late, words[9..].join(" ")))
     })
 }
 
