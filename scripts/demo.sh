@@ -29,6 +29,9 @@
 # ${CARGO_TARGET_DIR:-target}/demo/pie-demo.png), PIE_DEMO_KEEP=1 (keep the temp dir with the
 # logs), PIE_DEMO_ALERT_TIMEOUT (seconds to wait for the alerts, default 1080).
 set -euo pipefail
+# The whole script is one compound command: bash reads all of it before running it, so a change
+# to the file while a demo runs (an edit, a git pull) cannot change the running demo.
+{
 cd "$(dirname "$0")/.."
 source scripts/lib/demo.sh
 
@@ -264,10 +267,12 @@ kq annotate storageclass "$FAILING_SC" faults.pie.test/provision=fail >/dev/null
 echo "  \$ kubectl annotate node $BROKEN_NODE faults.pie.test/mount=fail"
 kq annotate node "$BROKEN_NODE" faults.pie.test/mount=fail >/dev/null
 broken_at=$(date +%s)
-echo "  two failures each, now, so that the alerts' for: clocks start early:"
+# Three failures each, at once: the alerts need 2 in 30 minutes, and half of the probes (an
+# on-time run before the faults counts too).
+echo "  three failures each, now, so that the alerts' for: clocks start early:"
 provision_failing=$(cron_jobs failing provision-probe)
 mount_broken=$(mount_of failing "$BROKEN_NODE")
-for _ in 1 2; do
+for _ in 1 2 3; do
   run_now "$provision_failing"
   run_now "$mount_broken"
 done
@@ -278,8 +283,8 @@ k -n "$NAMESPACE" get events --field-selector=reason=FailedMount --sort-by=.last
 
 say "pie counts each Pod that did not start within probeThreshold ($THRESHOLD), with the reason"
 wait_for 150 "pie counting the failures" bash -c \
-  "python3 $DEMO_PY outcomes $vm | grep -q 'failing  *$FAILING_SC  *provision .*ProvisioningFailed [2-9]' &&
-   python3 $DEMO_PY outcomes $vm | grep -q 'failing  *$FAILING_SC  *mount  *$BROKEN_NODE .*FailedMount [2-9]'"
+  "python3 $DEMO_PY outcomes $vm | grep -q 'failing  *$FAILING_SC  *provision .*ProvisioningFailed [3-9]' &&
+   python3 $DEMO_PY outcomes $vm | grep -q 'failing  *$FAILING_SC  *mount  *$BROKEN_NODE .*FailedMount [3-9]'"
 k -n "$NAMESPACE" get pieprobes
 kq -n "$NAMESPACE" get pieprobes -o jsonpath='{range .items[*]}  {.metadata.name}: last provision {.status.lastProvisionOutcome.result}: {.status.lastProvisionOutcome.message}{"\n"}  {.metadata.name}: last mount {.status.lastMountOutcome.result}: {.status.lastMountOutcome.message}{"\n"}{end}'
 echo "  outcomes in VictoriaMetrics (pie_provision_probe_total, pie_mount_probe_total, pie_probe_failures_total):"
@@ -332,3 +337,5 @@ if [ -t 0 ]; then
   echo "Everything keeps running (the CronJobs too). Press Enter to stop everything (or Ctrl-C)."
   read -r _ || true
 fi
+exit
+}

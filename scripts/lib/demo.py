@@ -285,8 +285,15 @@ def plot(vm, start, end, path, *marks):
         params = {"query": expr, "start": start, "end": end, "step": step}
         out = []
         for r in get_json(f"{vm}/api/v1/query_range", params)["data"]["result"]:
-            xs = [datetime.fromtimestamp(float(t)) for t, _ in r["values"]]
-            ys = [float(v) for _, v in r["values"]]
+            xs, ys, last = [], [], None
+            for t, v in r["values"]:
+                if last is not None and float(t) - last > 1.5 * step:
+                    # A gap (no probe in the window): break the line instead of bridging it.
+                    xs.append(datetime.fromtimestamp(last + step))
+                    ys.append(float("nan"))
+                xs.append(datetime.fromtimestamp(float(t)))
+                ys.append(float(v))
+                last = float(t)
             out.append((label(r["metric"]), xs, ys))
         return sorted(out)
 
@@ -324,13 +331,20 @@ def plot(vm, start, end, path, *marks):
         else:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center")
         ax.grid(alpha=0.3)
-        ax.set_xlim(datetime.fromtimestamp(start), datetime.fromtimestamp(end))
+        ax.set_xlim(datetime.fromtimestamp(start), datetime.fromtimestamp(end + (end - start) // 20))
         for i, mark in enumerate(marks):
             what, _, at = mark.rpartition("=")
-            ax.axvline(datetime.fromtimestamp(float(at)), color="grey", linestyle="--", linewidth=0.8)
+            at = float(at)
+            ax.axvline(datetime.fromtimestamp(at), color="grey", linestyle="--", linewidth=0.8)
             if ax is axes[0]:
-                ax.annotate(what, (datetime.fromtimestamp(float(at)), 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(3, -10 - 11 * i), textcoords="offset points", fontsize=7, color="dimgrey")
+                # Beside its line, on the side with room.
+                left = at > start + 0.7 * (end - start)
+                ax.annotate(what, (datetime.fromtimestamp(at), 0.8 - 0.1 * i), xycoords=("data", "axes fraction"),
+                            xytext=(-3 if left else 3, 0), textcoords="offset points", fontsize=7,
+                            color="dimgrey", ha="right" if left else "left",
+                            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    every = max(1, (end - start) // 60 // 8)
+    axes[-1].xaxis.set_major_locator(mdates.MinuteLocator(byminute=range(0, 60, every)))
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
     axes[-1].set_xlabel("time (local)")
     fig.suptitle("pie demo: probe results in VictoriaMetrics (query_range)", fontsize=12)
