@@ -3,8 +3,9 @@
 # without a Kubernetes installed. README.md ("What `task demo` shows") explains its output.
 #
 # 1. Installs what it needs (Debian's victoria-metrics, prometheus, fio, curl; matplotlib from
-#    PyPI) and builds the local Kubernetes (e2e/cluster, Go; minutes the first time) and
-#    pie-agent and pie-controller (cargo), showing progress.
+#    PyPI) and builds the local Kubernetes (e2e/cluster, Go; minutes the first time), pie-agent
+#    and pie-controller (cargo) and a current VictoriaMetrics and vmalert (Go, with vmui; the
+#    tests' e2e/victoriametrics), showing progress.
 # 2. Starts, on 127.0.0.1 only and in a temp dir: the local cluster with 3 nodes (`pie-cluster up`
 #    in the foreground, stopped when this script's end closes its stdin, as e2e/src/cluster.rs
 #    does), VictoriaMetrics, vmalert with deploy/alerts/pie.rules.yml unchanged and an
@@ -99,6 +100,13 @@ with_progress "building the local Kubernetes (e2e/cluster, Go: kube-apiserver, e
   "7-9 min, downloading about 800 MB of Go modules" "$tmp/build-cluster.log" bash scripts/build-cluster.sh
 with_progress "building pie-agent and pie-controller (cargo, debug)" "2-4 min" "$tmp/build-pie.log" \
   cargo build -p pie-agent -p pie-controller
+# Debian's VictoriaMetrics 1.79 has no vmui; the current release the tests also run has.
+with_progress "building a current VictoriaMetrics and vmalert (Go, e2e/victoriametrics; Debian's 1.79 has no vmui)" \
+  "1-2 min, fetching Go 1.27 (76 MB)" "$tmp/build-victoriametrics.log" bash scripts/build-victoriametrics.sh
+DEMO_VM_BIN="$target/victoriametrics/victoria-metrics"
+DEMO_VMALERT_BIN="$target/victoriametrics/vmalert"
+# It evaluates at now - 30 s unless told otherwise; VictoriaMetrics runs with no latency offset.
+DEMO_VMALERT_FLAGS=(-rule.evalDelay=0s)
 bin="$target/debug"
 kubectl="$target/pie-cluster/kubectl"
 t0=$(date +%s)
@@ -126,7 +134,8 @@ kq() { "$kubectl" "$@"; }
 start_victoria_metrics "$tmp"
 start_notifier "$tmp"
 start_vmalert "$tmp" "$EVAL"
-echo "  VictoriaMetrics $vm, vmalert $vmalert_url (deploy/alerts/pie.rules.yml, unchanged, every $EVAL)"
+vm_version=$(curl -fsS "$vm/metrics" | sed -n 's/^vm_app_version{.*short_version="\([^"]*\)".*/\1/p' | head -1)
+echo "  VictoriaMetrics ${vm_version:-?} $vm, vmalert $vmalert_url (deploy/alerts/pie.rules.yml, unchanged, every $EVAL)"
 
 say "installing pie as deploy/ does: namespace, CRD, RBAC; pie-controller run as its ServiceAccount"
 kq apply --server-side --field-manager=pie-demo -f deploy/base/namespace.yaml -f deploy/base/rbac.yaml \
@@ -294,7 +303,7 @@ say "as it happens: outcomes landing in VictoriaMetrics and vmalert's alerts ([m
 cat <<EOF
   PieProvisionProbeFailing has for: 5m and PieMountProbeFailingOnNode for: 10m, so this takes
   about 11 minutes. Meanwhile the CronJobs run on their schedule (healthy every minute).
-  Look around meanwhile: vmui $vm/vmui/  vmalert $vmalert_url/
+  Look around meanwhile: vmui $vm/vmui/  vmalert $vmalert_url/vmalert/alerts
 EOF
 python3 "$DEMO_PY" watch "$vm" "$vmalert_url" "$t0" "$ALERT_TIMEOUT" \
   "PieProvisionProbeFailing:storage_class=$FAILING_SC" \
@@ -327,7 +336,7 @@ python3 "$DEMO_PY" plot "$vm" "$t0" "$(date +%s)" "$png" "faults set=$broken_at"
 
 say "where to look"
 echo "  vmui (VictoriaMetrics):  $vm/vmui/  e.g. query pie_mount_probe_total"
-echo "  vmalert:                 $vmalert_url/  (API: $vmalert_url/api/v1/alerts)"
+echo "  vmalert:                 $vmalert_url/vmalert/alerts  (API: $vmalert_url/api/v1/alerts)"
 echo "  pie-controller /metrics: http://127.0.0.1:$metrics_port/metrics"
 echo "  the cluster:             KUBECONFIG=$KUBECONFIG $kubectl get pieprobes -A"
 echo "  logs:                    $tmp/*.log, $cluster_dir/logs/ (removed on exit unless PIE_DEMO_KEEP=1)"

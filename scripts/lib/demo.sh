@@ -13,8 +13,13 @@
 #   start_victoria_metrics DIR        sets vm (its URL)
 #   start_notifier DIR                sets notifier_url and notifications (the file it appends to)
 #   start_vmalert DIR EVAL            sets vmalert_url; deploy/alerts/pie.rules.yml, unchanged
+#
+# VictoriaMetrics and vmalert are Debian's unless DEMO_VM_BIN and DEMO_VMALERT_BIN name others
+# (scripts/demo.sh: the current release scripts/build-victoriametrics.sh builds, which has vmui);
+# DEMO_VMALERT_FLAGS (an array) adds flags to vmalert.
 
 DEMO_PY="scripts/lib/demo.py"
+DEMO_VMALERT_FLAGS=()
 demo_pids=()
 demo_names=()
 
@@ -90,7 +95,7 @@ start_victoria_metrics() { # dir
   local port
   port=$(free_port)
   vm="http://127.0.0.1:$port"
-  start_bg victoria-metrics "$1/victoria-metrics.log" victoria-metrics -storageDataPath="$1/vm-data" \
+  start_bg victoria-metrics "$1/victoria-metrics.log" "${DEMO_VM_BIN:-victoria-metrics}" -storageDataPath="$1/vm-data" \
     -httpListenAddr="127.0.0.1:$port" -loggerLevel=WARN -search.latencyOffset=0s
   wait_http "$vm/health" VictoriaMetrics "$1/victoria-metrics.log"
 }
@@ -109,8 +114,9 @@ start_vmalert() { # dir eval
   local port
   port=$(free_port)
   vmalert_url="http://127.0.0.1:$port"
-  start_bg vmalert "$1/vmalert.log" vmalert -rule=deploy/alerts/pie.rules.yml -datasource.url="$vm" \
-    -remoteWrite.url="$vm" -notifier.url="$notifier_url" -evaluationInterval="$2" \
-    -httpListenAddr="127.0.0.1:$port" -external.url="$vmalert_url" -loggerLevel=WARN
+  start_bg vmalert "$1/vmalert.log" "${DEMO_VMALERT_BIN:-vmalert}" -rule=deploy/alerts/pie.rules.yml \
+    -datasource.url="$vm" -remoteWrite.url="$vm" -notifier.url="$notifier_url" -evaluationInterval="$2" \
+    -httpListenAddr="127.0.0.1:$port" -external.url="$vmalert_url" -loggerLevel=WARN \
+    "${DEMO_VMALERT_FLAGS[@]}"
   wait_http "$vmalert_url/health" vmalert "$1/vmalert.log"
 }
