@@ -483,8 +483,13 @@ impl Scenario {
         let mut want: BTreeMap<Key, f64> = BTreeMap::new();
         let mut want_results: BTreeMap<String, f64> = BTreeMap::new();
         for r in ledger.records().values() {
-            if r.created_ms > cut_ms - 30_000 {
+            if r.created_ms > cut_ms {
                 continue;
+            }
+            if r.created_ms > cut_ms - threshold_ms - CUT_MARGIN_MS {
+                return Some(format!(
+                    "{r:?} was created too close to the cut (see PodLedger::quiet_cut)"
+                ));
             }
             let Some(on_time) = r.on_time(threshold_ms, cut_ms) else {
                 return Some(format!("{r:?} was not decidable by the cut"));
@@ -690,7 +695,44 @@ impl PodLedger {
     pub fn records(&self) -> BTreeMap<String, PodRecord> {
         self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Waits for a quiet moment to compare counters with the ledger at, after a Pod created
+    /// later than `after_ms`, and returns it: `threshold_ms` plus [`CUT_MARGIN_MS`] after the
+    /// last Pod created before it, with no Pod created in between, and at least
+    /// [`CUT_SETTLE_MS`] in the past. Every Pod created before the cut is then decided by it
+    /// (started, or late for good) and counted, and none after it is. Batches are not always a
+    /// probe period apart: the real cluster created one 39 s late after its API server came
+    /// back, 21 s before the next.
+    pub async fn quiet_cut(&self, threshold_ms: i64, after_ms: i64, timeout: Duration) -> i64 {
+        let started = std::time::Instant::now();
+        loop {
+            let records = self.records();
+            let created: Vec<i64> = records.values().map(|r| r.created_ms).collect();
+            let horizon = crate::now_millis() - CUT_SETTLE_MS - threshold_ms - CUT_MARGIN_MS;
+            let last = created
+                .iter()
+                .copied()
+                .filter(|t| *t > after_ms && *t <= horizon)
+                .max();
+            if let Some(last) = last {
+                let cut = last + threshold_ms + CUT_MARGIN_MS;
+                if !created.iter().any(|t| *t > last && *t <= cut) {
+                    return cut;
+                }
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "no quiet moment after {after_ms} within {timeout:?}: Pods created at {created:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
+
+/// How long after a Pod's deadline to be decided ([`PodLedger::quiet_cut`]) pie has to count it.
+pub const CUT_MARGIN_MS: i64 = 5_000;
+/// How far in the past a cut must be before the counters are read ([`PodLedger::quiet_cut`]).
+pub const CUT_SETTLE_MS: i64 = 10_000;
 
 impl Drop for PodLedger {
     fn drop(&mut self) {

@@ -80,11 +80,8 @@ pub struct ManagedTargets {
 
 impl Targets for ManagedTargets {
     fn contains(&self, key: &ProbeKey) -> bool {
-        self.handles.node_eligibility().iter().any(|e| {
-            e.pie_probe == key.pie_probe_name
-                && e.node == key.node
-                && e.storage_class == key.storage_class
-        })
+        self.handles
+            .manages_mount_probe(&key.pie_probe_name, &key.node, &key.storage_class)
     }
 
     fn ready(&self) -> bool {
@@ -134,7 +131,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let (handles, health) = (handles.clone(), health.clone());
         tokio::spawn(pusher.clone().run_periodic(
             args.push.push_interval,
-            health.became_ready(),
+            handles.plan_changed(),
             move |pusher| {
                 let plan = health.ready().then(|| handles.planned());
                 sync(pusher, health.leader(), plan.as_ref());
@@ -202,6 +199,7 @@ mod tests {
                 name: "p".into(),
                 storage_class: "sc".into(),
                 provision: true,
+                nodes_known: true,
             }],
             nodes: vec![crate::domain::plan::NodeEligibility {
                 pie_probe: "p".into(),

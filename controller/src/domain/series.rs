@@ -18,6 +18,11 @@ pub struct PlannedProbe {
     pub storage_class: String,
     /// Its provision probe is enabled.
     pub provision: bool,
+    /// The reconciler has planned it in this term of leadership: its nodes in
+    /// [`Planned::nodes`] are known. Until then the series naming its nodes stay (a new leader
+    /// counts the probes it finds before its first reconcile, and those counters must not be
+    /// ended with a staleness marker a moment after they were recorded).
+    pub nodes_known: bool,
 }
 
 /// What the sync knows: every existing PieProbe, and the nodes of those with mount probes.
@@ -75,11 +80,18 @@ pub fn sync_updates(planned: &Planned, leader: bool, now_ms: i64) -> Vec<Update>
 
 /// Whether a series stays: series without `pie_probe_name` always do; the others while their
 /// PieProbe exists, and, when they name a node of a mount probe, while that node is selected
-/// by it (provision probes' node labels only need the PieProbe).
+/// by it or the PieProbe is not planned yet (provision probes' node labels only need the
+/// PieProbe).
 pub fn keep(planned: &Planned) -> impl Fn(&Family, &[(&str, &str)]) -> bool + '_ {
     let probes: BTreeSet<(&str, &str)> = planned
         .probes
         .iter()
+        .map(|p| (p.name.as_str(), p.storage_class.as_str()))
+        .collect();
+    let unplanned: BTreeSet<(&str, &str)> = planned
+        .probes
+        .iter()
+        .filter(|p| !p.nodes_known)
         .map(|p| (p.name.as_str(), p.storage_class.as_str()))
         .collect();
     move |_, labels| {
@@ -95,6 +107,7 @@ pub fn keep(planned: &Planned) -> impl Fn(&Family, &[(&str, &str)]) -> bool + '_
         let provision = get("probe") == Some("provision");
         node.is_empty()
             || provision
+            || unplanned.contains(&(probe, sc))
             || planned
                 .nodes
                 .iter()
@@ -114,6 +127,7 @@ mod tests {
                 name: "p".into(),
                 storage_class: "sc".into(),
                 provision: true,
+                nodes_known: true,
             }],
             nodes: nodes.to_vec(),
         }
@@ -220,6 +234,18 @@ mod tests {
             store.get(&catalogue::PROVISION_TOTAL, &["p", "sc", "false"]),
             Some(Value::Scalar(1.0))
         );
+        // A PieProbe not planned yet in this term keeps the series of its nodes.
+        let store = Store::new();
+        store.apply([Update::new(
+            &catalogue::MOUNT_TOTAL,
+            ["p", "n1", "sc", "true"],
+            Op::Inc(1.0),
+            1,
+        )]);
+        let mut unplanned = planned(&[]);
+        unplanned.probes[0].nodes_known = false;
+        assert!(store.retain(2, keep(&unplanned)).is_empty());
+        assert_eq!(store.retain(3, keep(&planned(&[]))).len(), 1);
         // A PieProbe with its provision probe disabled gets no zero provision series.
         let store = Store::new();
         let mut no_provision = planned(&[elig("n1", None)]);

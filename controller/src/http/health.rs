@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Notify;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,39 +16,22 @@ pub struct Health {
     leader: AtomicBool,
     synced: AtomicBool,
     api_unreachable: AtomicBool,
-    became_ready: Arc<Notify>,
 }
 
 impl Health {
     /// Records whether this replica holds the lease.
     pub fn set_leader(&self, leader: bool) {
-        self.flip(|| self.leader.store(leader, Ordering::Relaxed));
+        self.leader.store(leader, Ordering::Relaxed);
     }
 
     /// Records whether the API server answered lately (the Lease's renewals say).
     pub fn set_api_reachable(&self, reachable: bool) {
-        self.flip(|| self.api_unreachable.store(!reachable, Ordering::Relaxed));
+        self.api_unreachable.store(!reachable, Ordering::Relaxed);
     }
 
     /// Records whether the watch caches have synced.
     pub fn set_synced(&self, synced: bool) {
-        self.flip(|| self.synced.store(synced, Ordering::Relaxed));
-    }
-
-    /// Signalled (one stored permit) each time the replica turns ready: the plan is complete
-    /// from then on, and the periodic push should not wait up to a whole interval to send it
-    /// (the real cluster showed probe results in VictoriaMetrics long before the first
-    /// `pie_node_eligible`).
-    pub fn became_ready(&self) -> Arc<Notify> {
-        self.became_ready.clone()
-    }
-
-    fn flip(&self, set: impl FnOnce()) {
-        let was = self.ready();
-        set();
-        if !was && self.ready() {
-            self.became_ready.notify_one();
-        }
+        self.synced.store(synced, Ordering::Relaxed);
     }
 
     /// Whether this replica holds the Lease (always, without leader election).
@@ -148,29 +129,6 @@ mod tests {
         assert_eq!(
             get_status(addr, "/readyz").await,
             "HTTP/1.1 503 Service Unavailable"
-        );
-    }
-
-    #[tokio::test]
-    async fn turning_ready_is_signalled_once_per_turn() {
-        let health = Health::default();
-        let ready = health.became_ready();
-        let signalled = || async {
-            tokio::time::timeout(std::time::Duration::from_millis(50), ready.notified())
-                .await
-                .is_ok()
-        };
-        health.set_leader(true);
-        assert!(!signalled().await, "leader without synced caches");
-        health.set_synced(true);
-        assert!(signalled().await, "leader with synced caches");
-        health.set_synced(true);
-        assert!(!signalled().await, "already ready");
-        health.set_api_reachable(false);
-        health.set_api_reachable(true);
-        assert!(
-            signalled().await,
-            "ready again after the API server came back"
         );
     }
 }

@@ -80,6 +80,11 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::debug!(status = self.0.as_u16(), error = %self.1, "probe request: retry later");
+        } else {
+            tracing::info!(status = self.0.as_u16(), error = %self.1, "probe request refused");
+        }
         let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
         if self.0 == StatusCode::SERVICE_UNAVAILABLE {
             // Each 503 here passes within a second or a Lease duration: come back soon.

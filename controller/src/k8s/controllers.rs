@@ -56,6 +56,7 @@ pub struct Handles {
     /// The (stripped) Node cache of the current term, for eligibility at decision time.
     nodes: Arc<RwLock<Option<Store<Node>>>>,
     probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
+    plan_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Handles {
@@ -77,6 +78,13 @@ impl Handles {
     /// Every existing PieProbe and the nodes of those with mount probes, for the periodic sync.
     pub fn planned(&self) -> crate::domain::series::Planned {
         let nodes = self.node_eligibility();
+        let planned: std::collections::BTreeSet<String> = self
+            .eligibility
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|(_, name)| name.clone())
+            .collect();
         let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
         let mut probes: Vec<crate::domain::series::PlannedProbe> = stores
             .iter()
@@ -85,11 +93,37 @@ impl Handles {
                 name: p.name_any(),
                 storage_class: p.spec.monitoring_storage_class.clone(),
                 provision: !p.spec.disable_provision_probe,
+                nodes_known: planned.contains(&p.name_any()),
             })
             .collect();
         probes.sort();
         probes.dedup();
         crate::domain::series::Planned { probes, nodes }
+    }
+
+    /// Whether a PieProbe of this term's caches has mount probes for `storage_class` and selects
+    /// `node` (eligible now or not: a probe that ran just before its node was cordoned still
+    /// reports). From the caches, not the last plan, which a new term does not have yet when
+    /// the probes of the last one report (the real cluster showed results refused as "not
+    /// managed", for good, right after the Lease was taken back).
+    pub fn manages_mount_probe(&self, name: &str, node: &str, storage_class: &str) -> bool {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = nodes.as_ref().and_then(|n| n.get(&ObjectRef::new(node))) else {
+            return false;
+        };
+        let stores = self.probe_stores.read().unwrap_or_else(|e| e.into_inner());
+        stores.iter().flat_map(|s| s.state()).any(|p| {
+            p.name_any() == name
+                && p.spec.monitoring_storage_class == storage_class
+                && !p.spec.disable_mount_probes
+                && plan::selects(&p, &node)
+        })
+    }
+
+    /// Notified when a reconcile changed a PieProbe's node eligibility (the periodic push
+    /// exports it at once).
+    pub fn plan_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.plan_changed.clone()
     }
 
     /// Whether the outcome of the probe Pod with UID `uid` is counted.
@@ -357,13 +391,16 @@ async fn lead(
             cron_jobs: cron_jobs.clone(),
             pvcs: pvcs.clone(),
         };
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            config.clone(),
-            stores,
-            recorder.clone(),
-            handles.eligibility.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                config.clone(),
+                stores,
+                recorder.clone(),
+                handles.eligibility.clone(),
+            )
+            .notify_plans_to(handles.plan_changed.clone()),
+        );
         // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
         // signal of its own: the Controller already waits on the store (it holds its runner
         // until the first list), and a second waiter on the same store can hang forever
@@ -618,7 +655,8 @@ mod tests {
     use k8s_openapi::api::core::v1::Node;
     use kube::runtime::{reflector, watcher};
 
-    use super::listed;
+    use super::{Handles, listed};
+    use crate::fixtures::{NodeBuilder, PieProbeBuilder};
 
     #[derive(Default)]
     struct Flag(AtomicBool);
@@ -675,5 +713,58 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), listed(rx, "PieProbe"))
             .await
             .expect("a late waiter returns at once");
+    }
+
+    /// What the results API accepts comes from the caches of the term, not from a plan the
+    /// reconciler may not have made yet.
+    #[test]
+    fn a_new_term_manages_the_mount_probes_of_its_caches_before_any_reconcile() {
+        let handles = Handles::default();
+        assert!(!handles.manages_mount_probe("p", "n1", "sc"), "no term");
+        let (probes, mut probe_writer) = reflector::store();
+        let (nodes, mut node_writer) = reflector::store();
+        for node in [
+            NodeBuilder::new("n1").build(),
+            NodeBuilder::new("n2").unschedulable().build(),
+            NodeBuilder::new("n3").label("zone", "b").build(),
+        ] {
+            node_writer.apply_watcher_event(&watcher::Event::Apply(node));
+        }
+        let probe = PieProbeBuilder::new("p", "sc")
+            .selector_in("kubernetes.io/hostname", &["n1", "n2"])
+            .build();
+        probe_writer.apply_watcher_event(&watcher::Event::Apply(probe));
+        let off = PieProbeBuilder::new("off", "sc")
+            .spec(|s| s.disable_mount_probes = true)
+            .build();
+        probe_writer.apply_watcher_event(&watcher::Event::Apply(off));
+        handles.probe_stores.write().unwrap().push(probes);
+        *handles.nodes.write().unwrap() = Some(nodes);
+
+        assert!(handles.manages_mount_probe("p", "n1", "sc"));
+        assert!(
+            handles.manages_mount_probe("p", "n2", "sc"),
+            "selected, though cordoned"
+        );
+        assert!(
+            !handles.manages_mount_probe("p", "n3", "sc"),
+            "not selected"
+        );
+        assert!(
+            !handles.manages_mount_probe("p", "n9", "sc"),
+            "no such node"
+        );
+        assert!(
+            !handles.manages_mount_probe("p", "n1", "other"),
+            "other class"
+        );
+        assert!(
+            !handles.manages_mount_probe("off", "n1", "sc"),
+            "mount probes off"
+        );
+        assert!(
+            !handles.manages_mount_probe("q", "n1", "sc"),
+            "no such PieProbe"
+        );
     }
 }

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
-    Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions, PropagationPolicy,
+    Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -58,6 +59,11 @@ pub struct Context {
     /// controllers).
     pub eligibility: Arc<RwLock<EligibilityMap>>,
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// PieProbes (namespace, name) that adopted topolvm/pie's objects in this term and may
+    /// still have Pods of topolvm/pie's template (see [`release_legacy_pods`]).
+    legacy_pods: Mutex<BTreeSet<(String, String)>>,
+    /// Notified when a PieProbe's node eligibility changes (see [`Context::notify_plans_to`]).
+    plan_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Context {
@@ -84,7 +90,18 @@ impl Context {
             recorder,
             eligibility,
             failures: Mutex::default(),
+            legacy_pods: Mutex::default(),
+            plan_changed: Arc::default(),
         }
+    }
+
+    /// Notifies `changed` (one stored permit) whenever a reconcile changes a PieProbe's node
+    /// eligibility: the periodic push then exports it at once rather than up to a push interval
+    /// later (the real cluster showed probe results in VictoriaMetrics well before the first
+    /// `pie_node_eligible` of a new leader).
+    pub fn notify_plans_to(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.plan_changed = changed;
+        self
     }
 }
 
@@ -124,10 +141,38 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
     // refusals are reported in the status (Ready=False, ApplyFailed) and retried with backoff.
     let (desired, mut failures) = apply_all(&ctx, &ns, &plan).await;
     failures.extend(delete_stale(&ctx, &probe, &ns, &desired).await);
-    ctx.eligibility
+    if desired.adopted {
+        ctx.legacy_pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(&probe));
+    }
+    let legacy_pending = ctx
+        .legacy_pods
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&key(&probe));
+    let mut requeue = Duration::from_secs(300);
+    if legacy_pending {
+        match release_legacy_pods(&ctx, &ns, &probe).await {
+            Ok(0) => {
+                ctx.legacy_pods
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key(&probe));
+            }
+            Ok(_) => requeue = LEGACY_PODS_EVERY,
+            Err(e) => failures.push(format!("topolvm/pie's probe Pods: {e}")),
+        }
+    }
+    let previous = ctx
+        .eligibility
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key(&probe), plan.nodes.clone());
+    if previous.as_ref() != Some(&plan.nodes) {
+        ctx.plan_changed.notify_one();
+    }
     let desired_status =
         status::with_apply_failures(desired_status, &failures, probe.metadata.generation, &now);
     write_status(&ctx, &probe, &ns, desired_status).await?;
@@ -138,7 +183,57 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key(&probe));
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(requeue))
+}
+
+/// topolvm/pie's finalizer on its probe Pods, which its controller removed once it had read the
+/// Pod. pie uses none, and nothing else removes it.
+pub const LEGACY_POD_FINALIZER: &str = "pie.topolvm.io/pod";
+
+/// How often a PieProbe that adopted topolvm/pie's objects looks for Pods of their old
+/// template again, while any are left.
+const LEGACY_PODS_EVERY: Duration = Duration::from_secs(30);
+
+/// Removes topolvm/pie's finalizer from the Pods its template made for `probe` (Jobs created
+/// before the adoption; they lack pie's `managed-by` label), which would otherwise stay
+/// Terminating for good once their Job is cleaned up. Returns how many such Pods are left: they
+/// go with their Jobs, and until then their Jobs may make more.
+async fn release_legacy_pods(ctx: &Context, ns: &str, probe: &PieProbe) -> Result<usize> {
+    let api: Api<PartialObjectMeta<Pod>> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "{}={},!{}",
+        labels::LABEL_PIE_PROBE,
+        probe.name_any(),
+        labels::LABEL_MANAGED_BY
+    );
+    let pods = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?;
+    for pod in &pods.items {
+        if !pod.finalizers().iter().any(|f| f == LEGACY_POD_FINALIZER) {
+            continue;
+        }
+        let keep: Vec<&String> = pod
+            .finalizers()
+            .iter()
+            .filter(|f| *f != LEGACY_POD_FINALIZER)
+            .collect();
+        // The resourceVersion read makes a concurrent change a conflict, not a lost finalizer.
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": pod.resource_version(),
+                "finalizers": keep,
+            }
+        });
+        api.patch_metadata(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        info!(pod = %pod.name_any(), probe = %probe.name_any(), "released a probe Pod of topolvm/pie's template from its finalizer");
+    }
+    Ok(pods.items.len())
 }
 
 /// Requeues a failed PieProbe with exponential backoff (5 s doubling up to 5 min), so an
@@ -172,6 +267,8 @@ fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
 struct DesiredNames {
     cron_jobs: BTreeSet<String>,
     pvcs: BTreeSet<String>,
+    /// An object topolvm/pie made was adopted.
+    adopted: bool,
 }
 
 /// Applies what changed; returns the names of everything desired (for [`delete_stale`]) and
@@ -180,19 +277,22 @@ async fn apply_all(ctx: &Context, ns: &str, plan: &Plan) -> (DesiredNames, Vec<S
     let mut names = DesiredNames {
         cron_jobs: BTreeSet::new(),
         pvcs: BTreeSet::new(),
+        adopted: false,
     };
     let mut failures = Vec::new();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for pvc in plan.desired_pvcs() {
-        if let Err(e) = apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, &pvc).await {
-            failures.push(refusal("PersistentVolumeClaim", &pvc.name, &e));
+        match apply_if_changed(&pvcs, &ctx.stores.pvcs, ns, &pvc).await {
+            Ok(adopted) => names.adopted |= adopted,
+            Err(e) => failures.push(refusal("PersistentVolumeClaim", &pvc.name, &e)),
         }
         names.pvcs.insert(pvc.name);
     }
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
     for cj in plan.desired_cron_jobs() {
-        if let Err(e) = apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, &cj).await {
-            failures.push(refusal("CronJob", &cj.name, &e));
+        match apply_if_changed(&cron_jobs, &ctx.stores.cron_jobs, ns, &cj).await {
+            Ok(adopted) => names.adopted |= adopted,
+            Err(e) => failures.push(refusal("CronJob", &cj.name, &e)),
         }
         names.cron_jobs.insert(cj.name);
     }
@@ -214,17 +314,18 @@ async fn apply_if_changed<K>(
     store: &Store<PartialObjectMeta<K>>,
     ns: &str,
     desired: &plan::Desired<'_, K>,
-) -> Result<()>
+) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let existing = store.get(&ObjectRef::new(&desired.name).within(ns));
     if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == Some(desired.hash.as_str()) {
-        return Ok(());
+        return Ok(false);
     }
-    if let Some(existing) = &existing
-        && !managed_by_pie(&existing.metadata)
-    {
+    let adopting = existing
+        .as_ref()
+        .is_some_and(|existing| !managed_by_pie(&existing.metadata));
+    if adopting {
         adopt(api, desired).await?;
     }
     debug!(kind = %K::kind(&()), name = %desired.name, "applying");
@@ -234,7 +335,7 @@ where
         &Patch::Apply(&desired.build()),
     )
     .await?;
-    Ok(())
+    Ok(adopting)
 }
 
 /// Deletes what `probe` owns but no longer wants; returns what could not be deleted.

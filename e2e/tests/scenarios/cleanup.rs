@@ -33,10 +33,10 @@ fn ends_stale(series: &ExportedSeries) -> bool {
     series.values.last().is_some_and(|v| v.is_nan())
 }
 
-/// Waits until every series pie pushed matching `selector` ends with a staleness marker (what
-/// vmalert's recording rules write back, `pie:...`, goes on over their window); on timeout
-/// panics naming the ones that do not, with their last samples.
-async fn wait_all_stale(s: &Scenario, selector: &str) {
+/// Waits until every series pie pushed matching `selector` since `since_ms` ends with a
+/// staleness marker (what vmalert's recording rules write back, `pie:...`, goes on over their
+/// window); on timeout panics naming the ones that do not, with their last samples.
+async fn wait_all_stale(s: &Scenario, selector: &str, since_ms: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let series: Vec<ExportedSeries> = s
@@ -44,6 +44,7 @@ async fn wait_all_stale(s: &Scenario, selector: &str) {
             .await
             .into_iter()
             .filter(|x| x.label("__name__").starts_with("pie_"))
+            .filter(|x| x.timestamps.iter().any(|t| *t > since_ms))
             .collect();
         if all_stale(&series) {
             return;
@@ -126,7 +127,7 @@ pub async fn run(env: &'static Env) {
     )
     .await;
     let of_n1 = format!(r#"{{pie_probe_name="{PROBE}",node="{n1}"}}"#);
-    wait_all_stale(&s, &of_n1).await;
+    wait_all_stale(&s, &of_n1, 0).await;
     assert!(
         s.series(&format!(r#"{{pie_probe_name="{PROBE}",node="{n2}"}}"#))
             .await
@@ -179,8 +180,32 @@ pub async fn run(env: &'static Env) {
     .await;
     drop(pods);
 
-    // Deleting the PieProbe (controller up again): its objects and its series go.
+    // Deleting the PieProbe (controller up again, its plan pushed and a probe run): its objects
+    // and every series this controller pushed go. A controller knows the series of its own
+    // process (its plan, the results it received); what only an earlier process pushed, and
+    // the series of a PieProbe deleted while no controller ran, end by VictoriaMetrics'
+    // staleness lookback instead (docs/design.md).
+    let restarted_at = e2e::now_millis();
     s.controller.restart().await;
+    s.run_now(&mount_of(n2));
+    let last_success = format!(
+        r#"pie_mount_probe_last_success_timestamp_seconds{{pie_probe_name="{PROBE}",node="{n2}"}}"#
+    );
+    let eligible_n2 = format!(r#"pie_node_eligible{{pie_probe_name="{PROBE}",node="{n2}"}}"#);
+    s.wait(
+        "the restarted controller's plan and a new result in VictoriaMetrics",
+        Duration::from_secs(90),
+        || async {
+            s.last(&last_success)
+                .await
+                .is_some_and(|t| t * 1000.0 > restarted_at as f64)
+                && s.series(&eligible_n2)
+                    .await
+                    .iter()
+                    .any(|x| x.timestamps.iter().any(|t| *t > restarted_at))
+        },
+    )
+    .await;
     s.api::<pie_controller::crd::PieProbe>()
         .delete(PROBE, &DeleteParams::background())
         .await
@@ -197,6 +222,6 @@ pub async fn run(env: &'static Env) {
     )
     .await;
     let of_probe = format!(r#"{{pie_probe_name="{PROBE}"}}"#);
-    wait_all_stale(&s, &of_probe).await;
+    wait_all_stale(&s, &of_probe, restarted_at).await;
     s.finish().await;
 }

@@ -152,12 +152,15 @@ pub async fn run(env: &'static Env) {
         ),
     );
 
-    // Two more scheduled minutes under the new leader, then cut at a quiet moment: 45 s after
-    // a batch, every Pod of it is decided and the next batch is 15 s away.
+    // Two more scheduled minutes under the new leader, then cut at a quiet moment.
     let after_handover = now_millis();
-    let batch = next_pod(&ledger, after_handover + 60_000, |_| true).await;
-    let cut = batch + 45_000;
-    sleep_until(cut + 20_000).await;
+    let cut = ledger
+        .quiet_cut(
+            THRESHOLD_MS,
+            after_handover + 60_000,
+            Duration::from_secs(240),
+        )
+        .await;
 
     if let Some(mismatch) = s
         .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut)

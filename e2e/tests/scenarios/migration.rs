@@ -14,7 +14,18 @@ use pie_api::names;
 
 use crate::Env;
 
+/// topolvm/pie's finalizer on its probe Pods.
+const LEGACY_FINALIZER: &str = "pie.topolvm.io/pod";
+
 const PROBE: &str = "migrated";
+
+/// The probe Pod of Job `job`, if any.
+async fn pod_of_job(s: &Scenario, job: &str) -> Option<k8s_openapi::api::core::v1::Pod> {
+    s.pods(PROBE)
+        .await
+        .into_values()
+        .find(|p| p.labels().get("job-name").map(String::as_str) == Some(job))
+}
 /// topolvm/pie's image: one image for controller and probe.
 const TOPOLVM_IMAGE: &str = "ghcr.io/topolvm/pie:0.17.0";
 
@@ -132,6 +143,19 @@ pub async fn run(env: &'static Env) {
         .map(|(n, p)| (n.clone(), p.uid().unwrap_or_default()))
         .collect();
     assert_eq!(before.len(), 1 + nodes.len());
+    // A probe Pod of topolvm/pie's template, in flight when pie takes over: it carries
+    // topolvm/pie's finalizer, which only topolvm/pie's controller removed.
+    let legacy_job = s.run_now(&names::mount_cronjob(PROBE, &nodes[0], sc));
+    s.wait(
+        "a Pod of topolvm/pie's template, with its finalizer",
+        Duration::from_secs(60),
+        || async {
+            pod_of_job(&s, &legacy_job)
+                .await
+                .is_some_and(|p| p.finalizers().iter().any(|f| f == LEGACY_FINALIZER))
+        },
+    )
+    .await;
 
     // pie starts.
     s.controller.restart().await;
@@ -194,6 +218,23 @@ pub async fn run(env: &'static Env) {
         "migration",
         "topolvm/pie's objects adopted, none duplicated",
     );
+    s.wait(
+        "topolvm/pie's finalizer released from its in-flight Pod",
+        Duration::from_secs(90),
+        || async {
+            pod_of_job(&s, &legacy_job)
+                .await
+                .is_some_and(|p| !p.finalizers().iter().any(|f| f == LEGACY_FINALIZER))
+        },
+    )
+    .await;
+    s.kubectl(&["delete", "job", &legacy_job, "--wait=false"]);
+    s.wait(
+        "that Pod gone with its Job, not left Terminating",
+        Duration::from_secs(60),
+        || async { pod_of_job(&s, &legacy_job).await.is_none() },
+    )
+    .await;
 
     // Their probes are pie's now, and counted.
     for node in nodes {
@@ -212,14 +253,30 @@ pub async fn run(env: &'static Env) {
         Duration::from_secs(120),
     )
     .await;
+    // Pods of pie's template never get topolvm/pie's finalizer; one a Job made from the old
+    // template just before the adoption loses it within a requeue of the PieProbe.
+    s.wait(
+        "no probe Pod with a finalizer but the Job controller's",
+        Duration::from_secs(90),
+        || async {
+            s.pods(PROBE).await.values().all(|pod| {
+                pod.finalizers()
+                    .iter()
+                    .all(|f| f == "batch.kubernetes.io/job-tracking")
+            })
+        },
+    )
+    .await;
     for pod in s.pods(PROBE).await.values() {
+        let pies = pod
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some("pie-controller");
         assert!(
-            pod.finalizers()
-                .iter()
-                .all(|f| f == "batch.kubernetes.io/job-tracking"),
-            "{}: no finalizer on pie's probe Pods: {:?}",
-            pod.name_any(),
-            pod.finalizers()
+            !pies || pod.finalizers().iter().all(|f| f != LEGACY_FINALIZER),
+            "{}: a Pod of pie's template with topolvm/pie's finalizer",
+            pod.name_any()
         );
     }
     assert_eq!(uids(&s.cron_jobs(PROBE).await), before);

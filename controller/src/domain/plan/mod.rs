@@ -397,8 +397,12 @@ pub fn plan<N: Borrow<Node>>(
 /// node).
 pub fn eligible_for(probe: &PieProbe, node: &Node) -> bool {
     let tolerations = probe.spec.tolerations.as_deref().unwrap_or_default();
+    selects(probe, node) && eligibility::check(node, tolerations).is_ok()
+}
+
+/// Whether `probe`'s nodeSelector selects `node` (eligible or not).
+pub fn selects(probe: &PieProbe, node: &Node) -> bool {
     node_selector::matches(probe.spec.node_selector.as_ref(), node)
-        && eligibility::check(node, tolerations).is_ok()
 }
 
 /// An object that exists in the cluster, as far as deciding on its deletion needs.

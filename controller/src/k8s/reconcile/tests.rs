@@ -327,6 +327,15 @@ async fn node_going_not_ready_suspends_its_cron_job_and_keeps_its_pvc() {
         gauges,
         [("worker-1".to_owned(), 1.0), ("worker-2".to_owned(), 0.0)]
     );
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            ctx.plan_changed.notified()
+        )
+        .await
+        .is_ok(),
+        "a changed eligibility is pushed at once"
+    );
 }
 
 async fn expect_blocked(probe: PieProbe, sc_present: bool, reason: &str, message: &str) {
@@ -523,6 +532,34 @@ async fn a_cron_job_pie_did_not_make_is_adopted_without_leftovers() {
         .expect(Method::PATCH, &format!("{path}{APPLY}"), Value::Null)
         .await;
     api_echo_check(applied, "CronJob", &name);
+    // A Pod its old template made (its Job came before the adoption) keeps topolvm/pie's
+    // finalizer, which nothing else removes: the real cluster showed one after the adoption.
+    let pods = "/api/v1/namespaces/pie/pods";
+    let legacy = json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
+        "items": [{
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "old-pod", "namespace": "pie", "resourceVersion": "41",
+                "finalizers": ["pie.topolvm.io/pod", "batch.kubernetes.io/job-tracking"]},
+        }],
+    });
+    api.expect(
+        Method::GET,
+        &format!("{pods}?&labelSelector=pie-probe%3Dprobe%2C%21app.kubernetes.io%2Fmanaged-by"),
+        legacy.clone(),
+    )
+    .await;
+    let release = api
+        .expect(
+            Method::PATCH,
+            &format!("{pods}/old-pod?"),
+            legacy["items"][0].clone(),
+        )
+        .await;
+    assert_eq!(
+        release,
+        json!({"metadata": {"resourceVersion": "41", "finalizers": ["batch.kubernetes.io/job-tracking"]}})
+    );
     task.await.unwrap().unwrap();
 }
 
