@@ -47,25 +47,7 @@ pub fn pie_binaries() -> &'static PieBinaries {
             .args(["build", "-p", "pie-controller", "-p", "pie-agent"])
             .env("CARGO_TARGET_DIR", &target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // Cargo gives the test process the package's variables; a build script that reruns
-        // when one of them changes (ring: CARGO_MANIFEST_DIR) would otherwise be rebuilt here
-        // and again by the next `cargo test`, with everything that depends on it.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-            ]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-            {
-                command.env_remove(name.as_ref());
-            }
-        }
+        clear_cargo_test_env(&mut command);
         let status = command.status().expect("run cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
         let bin = target.join("debug");
@@ -86,6 +68,30 @@ pub fn build_pie_controller(target: &Path) -> PathBuf {
         "pie's binaries are built into the test binary's target dir only"
     );
     pie_binaries().controller.clone()
+}
+
+/// Removes from `command`'s environment the variables cargo gives a test process about its own
+/// package, for a `cargo build` run from a test (here, and by `scripts/demo.sh` in the demo
+/// trial): a build script that reruns when one of them changes (ring: `CARGO_MANIFEST_DIR`)
+/// would otherwise be rebuilt there and again by the next `cargo test`, with everything that
+/// depends on it.
+pub fn clear_cargo_test_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
 }
 
 /// Runs `scripts/<script>` (one of the Go builds, scripts/lib/go-build.sh) for the tests' target

@@ -44,7 +44,9 @@ mod vmagent;
 mod vmalert;
 mod vmauth;
 
-pub use builds::{PieBinaries, build_pie_controller, pie_binaries, repo_root, target_dir};
+pub use builds::{
+    PieBinaries, build_pie_controller, clear_cargo_test_env, pie_binaries, repo_root, target_dir,
+};
 pub use http::{http_client, scrape, scrape_sum, scrape_value};
 pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, assert_results_exactly_once, probe_result_json};
 pub use process::{

@@ -7,7 +7,8 @@
 //! Each scenario (one module) is a trial of its own; they run side by side on one cluster of
 //! [`GROUPS`] nodes, whatever `--test-threads` libtest would default to, because several wait
 //! out the `for:` of the shipped alerts (up to 10 minutes). docs/testing.md, "Scenarios", says
-//! what each one proves and how it was checked to fail.
+//! what each one proves and how it was checked to fail. The trial `demo_runs_headless` runs
+//! `task demo`'s script beside them, on a cluster of its own.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use e2e::scenario::label_node_groups;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod cleanup;
+mod demo;
 mod exactly_once;
 mod forged;
 mod healthy;
@@ -108,6 +110,12 @@ fn trial(name: &'static str, scenario: Scenario) -> Trial {
     })
 }
 
+/// A trial that needs no shared cluster (the demo starts its own): a `-- demo` filter starts
+/// nothing else.
+fn trial_alone(name: &'static str, run: fn() -> Result<(), String>) -> Trial {
+    Trial::test(name, move || run().map_err(Failed::from))
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     let trials = vec![
@@ -130,6 +138,8 @@ fn main() {
         trial("migration_from_topolvm_pie", |e| {
             Box::pin(migration::run(e))
         }),
+        // `task demo`, headless; its own cluster, beside the others.
+        trial_alone("demo_runs_headless", demo::run),
     ];
     // Side by side, all of them: most of a scenario's time is waiting for the cluster,
     // VictoriaMetrics or vmalert, not CPU.
