@@ -52,7 +52,10 @@ pub async fn run(env: &'static Env) {
         s.last(&count).await.unwrap_or_default() < 2.0,
         "both deletions counted late only once their volumes were gone"
     );
-    note("slow-delete", "both deletions counted late, while their volumes still exist");
+    note(
+        "slow-delete",
+        "both deletions counted late, while their volumes still exist",
+    );
     let alert = s
         .wait_firing(
             "PieVolumeDeletionStuck",
