@@ -224,6 +224,23 @@ impl Scenario {
         self.cluster.kubectl_ok(&all)
     }
 
+    /// Runs the mount probe of PieProbe `probe` on every node of `nodes` once now and waits
+    /// until VictoriaMetrics has that many more on-time mount probes of it than before.
+    pub async fn mount_probes_on_time(&self, probe: &str, nodes: &[String], storage_class: &str) {
+        let selector =
+            format!(r#"pie_mount_probe_total{{pie_probe_name="{probe}",on_time="true"}}"#);
+        let before = self.increase(&selector).await;
+        for node in nodes {
+            self.run_now(&pie_api::names::mount_cronjob(probe, node, storage_class));
+        }
+        self.wait_increase(
+            &selector,
+            before + nodes.len() as f64,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+
     /// Runs the CronJob `cron_job` once now, as an admin would (`kubectl create job
     /// --from=cronjob/...`), and returns the Job's name.
     pub fn run_now(&self, cron_job: &str) -> String {

@@ -237,16 +237,8 @@ pub async fn run(env: &'static Env) {
     .await;
 
     // Their probes are pie's now, and counted.
-    for node in nodes {
-        s.run_now(&names::mount_cronjob(PROBE, node, sc));
-    }
     s.run_now(&names::provision_cronjob(PROBE, sc));
-    s.wait_increase(
-        &format!(r#"pie_mount_probe_total{{pie_probe_name="{PROBE}",on_time="true"}}"#),
-        nodes.len() as f64,
-        Duration::from_secs(120),
-    )
-    .await;
+    s.mount_probes_on_time(PROBE, nodes, sc).await;
     s.wait_increase(
         &format!(r#"pie_provision_probe_total{{pie_probe_name="{PROBE}",on_time="true"}}"#),
         1.0,

@@ -30,15 +30,7 @@ pub async fn run(env: &'static Env) {
         s.cron_jobs(PROBE).await.len() == 1 + nodes.len()
     })
     .await;
-    for node in nodes {
-        s.run_now(&names::mount_cronjob(PROBE, node, sc));
-    }
-    s.wait_increase(
-        &format!(r#"pie_mount_probe_total{{pie_probe_name="{PROBE}",on_time="true"}}"#),
-        nodes.len() as f64,
-        Duration::from_secs(90),
-    )
-    .await;
+    s.mount_probes_on_time(PROBE, nodes, sc).await;
 
     s.cluster
         .kubectl_ok(&["annotate", "node", broken, "faults.pie.test/mount=fail"]);

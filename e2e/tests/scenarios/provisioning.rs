@@ -44,15 +44,7 @@ pub async fn run(env: &'static Env) {
     .await;
 
     // While the provisioner works, the mount probes get their volumes and run on time.
-    for node in nodes {
-        s.run_now(&names::mount_cronjob(FAILING, node, FAILING_SC));
-    }
-    s.wait_increase(
-        &format!(r#"pie_mount_probe_total{{pie_probe_name="{FAILING}",on_time="true"}}"#),
-        nodes.len() as f64,
-        Duration::from_secs(90),
-    )
-    .await;
+    s.mount_probes_on_time(FAILING, nodes, FAILING_SC).await;
 
     // Then it fails every new volume; the StorageClass without a provisioner never had one.
     s.cluster.kubectl_ok(&[
