@@ -140,7 +140,7 @@ async fn the_controller_rides_out_an_api_server_outage_and_expired_watches() {
         .quiet_cut(THRESHOLD_MS, after + 60_000, Duration::from_secs(240))
         .await;
     let mismatch = s
-        .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut)
+        .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut, false)
         .await;
     if let Some(mismatch) = mismatch {
         panic!(

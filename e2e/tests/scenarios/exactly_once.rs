@@ -163,7 +163,7 @@ pub async fn run(env: &'static Env) {
         .await;
 
     if let Some(mismatch) = s
-        .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut)
+        .counted_against_ledger(&ledger, PROBE, THRESHOLD_MS, cut, true)
         .await
     {
         panic!(
