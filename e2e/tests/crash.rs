@@ -293,7 +293,8 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once(re
         .map(|i| (format!("node-{i:03}"), (i + 1) as f64))
         .collect();
     assert_results_exactly_once(&exported, &results, posted_from..=posted_to + 1000);
-    // The receiver's own counter went 1, 2, ..., RESULTS: each value once.
+    // The receiver's own counter went 0 (pushed first, as every counter born of an increment),
+    // 1, 2, ..., RESULTS: each value once.
     let mut requests: Vec<f64> = exported
         .iter()
         .filter(|s| {
@@ -303,7 +304,7 @@ async fn results_buffered_before_a_kill_9_reach_victoria_metrics_exactly_once(re
         .collect();
     // (An export may split a series over several lines.)
     requests.sort_by(f64::total_cmp);
-    let want: Vec<f64> = (1..=RESULTS).map(|n| n as f64).collect();
+    let want: Vec<f64> = (0..=RESULTS).map(|n| n as f64).collect();
     assert_eq!(requests, want);
 }
 

@@ -183,13 +183,21 @@ async fn outage(release: VmRelease, route: Route) {
         "pie_performance_on_mount_probe_total",
         Some(("succeed", "true")),
     );
-    let expected_counts: Vec<f64> = (1..=total).map(|i| i as f64).collect();
+    // A counter born of an increment pushes its 0 first, a millisecond before (docs/design.md,
+    // "Counters show their resets"); after it, one sample per result.
+    let expected_counts: Vec<f64> = (0..=total).map(|i| i as f64).collect();
     assert_eq!(
         counter.values,
         expected_counts,
         "controller log:\n{}",
         controller.log_tail()
     );
+    assert_eq!(
+        counter.timestamps[0],
+        counter.timestamps[1] - 1,
+        "{counter:?}"
+    );
+    let stamps = &counter.timestamps[1..];
     let exact: [(&str, ValueOf); 3] = [
         ("pie_io_write_latency_on_mount_probe_seconds", |i| {
             i as f64 / 1000.0
@@ -204,12 +212,12 @@ async fn outage(release: VmRelease, route: Route) {
         let want: Vec<f64> = (1..=total).map(value).collect();
         assert_eq!(s.values, want, "{name}");
         assert_eq!(
-            s.timestamps, counter.timestamps,
+            s.timestamps, stamps,
             "{name}: one sample per result, stamped alike"
         );
     }
     // Each sample carries the time its result was received, in order.
-    for (i, (ts, (sent, answered))) in counter.timestamps.iter().zip(&windows).enumerate() {
+    for (i, (ts, (sent, answered))) in stamps.iter().zip(&windows).enumerate() {
         assert!(
             sent <= ts && ts <= answered,
             "result {}: {ts} not in [{sent}, {answered}]",
@@ -221,7 +229,7 @@ async fn outage(release: VmRelease, route: Route) {
         "pie_mount_probe_last_success_timestamp_seconds",
         None,
     );
-    assert_eq!(last_success.timestamps, counter.timestamps);
+    assert_eq!(last_success.timestamps, stamps);
     for (v, ts) in last_success.values.iter().zip(&last_success.timestamps) {
         assert_eq!((v * 1000.0).round() as i64, *ts);
     }
@@ -232,7 +240,7 @@ async fn outage(release: VmRelease, route: Route) {
         Some(("succeed", "false")),
     );
     assert_eq!(failed.values, [0.0]);
-    assert_eq!(failed.timestamps, [counter.timestamps[0]]);
+    assert_eq!(failed.timestamps, [stamps[0]]);
     assert_eq!(series.len(), 2 + exact.len() + 1, "{series:#?}");
 
     // The receiver's own counter went through the same queue.

@@ -67,10 +67,16 @@ struct Loop {
 /// What interrupted a backoff wait.
 enum Wake {
     Slept,
+    ShutdownBegins,
     Deadline,
     Queue,
     Tick,
 }
+
+/// Once a shutdown has begun, a retry waits at most this long: the endpoint has only the
+/// shutdown window left to come back in, and a wait grown to `max_delay` during a long outage
+/// would otherwise sleep through it.
+const SHUTDOWN_RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// Tracks failure bursts so that logs say once that an endpoint fails and once that it recovered.
 #[derive(Debug, Default)]
@@ -333,17 +339,31 @@ impl Endpoint {
     /// the shutdown deadline passes.
     async fn wait(&self, lp: &mut Loop, delay: Duration, spill: bool) -> Option<Fate> {
         let spilling = spill && self.buffer.is_some();
-        let sleep = tokio::time::sleep(delay);
+        let mut begins = lp.shutdown.clone();
+        let mut shortened = begins.borrow().is_some();
+        let sleep = tokio::time::sleep(if shortened {
+            delay.min(SHUTDOWN_RETRY_EVERY)
+        } else {
+            delay
+        });
         tokio::pin!(sleep);
         loop {
             let wake = tokio::select! {
                 _ = &mut sleep => Wake::Slept,
+                _ = begins.wait_for(Option::is_some), if !shortened => Wake::ShutdownBegins,
                 _ = deadline(&mut lp.shutdown) => Wake::Deadline,
                 _ = self.queue.wake.notified(), if spilling => Wake::Queue,
                 _ = lp.tick.tick(), if spilling => Wake::Tick,
             };
             match wake {
                 Wake::Slept => return None,
+                Wake::ShutdownBegins => {
+                    shortened = true;
+                    let soon = Instant::now() + SHUTDOWN_RETRY_EVERY;
+                    if soon < sleep.deadline() {
+                        sleep.as_mut().reset(soon);
+                    }
+                }
                 Wake::Deadline => return Some(Fate::OutOfTime),
                 Wake::Queue => self.spill(lp, false).await,
                 Wake::Tick => self.spill(lp, true).await,

@@ -375,6 +375,45 @@ async fn a_full_batch_is_sent_without_waiting_for_the_interval() {
 }
 
 #[tokio::test]
+async fn shutdown_retries_soon_an_endpoint_in_a_long_backoff() {
+    // An endpoint down long enough for the retry delay to reach its 30 s ceiling comes back one
+    // second into a 5 s shutdown window: the queued samples must reach it within the window,
+    // not wait for a retry scheduled after it.
+    let url = dead_url();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut config = fast_config(&[url]);
+    config.retry.min_delay = Duration::from_secs(30);
+    config.retry.max_delay = Duration::from_secs(30);
+    let client = Client::new(config).unwrap();
+    client.push(&series("a"), Sample::new(1.0, 1000));
+    // The first attempt fails at once; the next is up to 30 s away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.stats()[0].samples_sent, 0);
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Receiver::start_on(port).await
+    });
+    let started = Instant::now();
+    let report = client.shutdown(Duration::from_secs(5)).await;
+    let rx = back.await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(rx.accepted_samples(), [("a".to_string(), 1.0, 1000)]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn shutdown_delivers_what_is_queued() {
     let rx = Receiver::start().await;
     let mut config = fast_config(&[rx.url()]);
