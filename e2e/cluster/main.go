@@ -2,13 +2,14 @@
 // own kube-apiserver (embedded etcd), kube-controller-manager and kube-scheduler, a process
 // kubelet that runs containers as local processes, and a test provisioner, all on 127.0.0.1.
 //
-//	pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]...
+//	pie-cluster up [--dir D] [--nodes N] [--node-heartbeat 10s] [--image REF=BINARY[,OPTION]...]...
 //	pie-cluster down [--dir D]
 //	pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
 //	pie-cluster start-component [--dir D] [--timeout 2m] NAME
 //	pie-cluster compact [--dir D]
 //	pie-cluster token [--dir D] --namespace NS --service-account SA [--pod P] [--node N] [--audience A]... [--expires-in 1h] [--expired]
 //	kubectl ...            (this binary, called as kubectl)
+//	fio ...                (this binary, called as fio: a recorded fio, for scale benches)
 //
 // The other subcommands are the cluster's processes, started by the supervisor.
 package main
@@ -27,11 +28,13 @@ import (
 	"github.com/pie-rs/pie/e2e/cluster/internal/container"
 	"github.com/pie-rs/pie/e2e/cluster/internal/kubelet"
 	"github.com/pie-rs/pie/e2e/cluster/internal/provisioner"
+	"github.com/pie-rs/pie/e2e/cluster/internal/recordedfio"
 	"github.com/pie-rs/pie/e2e/cluster/internal/supervisor"
 )
 
 const usage = `usage:
-  pie-cluster up [--dir D] [--nodes N] [--image REF=BINARY[,user=UID:GID][,cmd=ARGS]]... [--foreground]
+  pie-cluster up [--dir D] [--nodes N] [--node-heartbeat 10s] [--disable-controller NAME]...
+                 [--image REF=BINARY[,user=UID:GID][,cmd=ARGS][,env=N=V]...[,file=PATH:HOST]...]... [--foreground]
   pie-cluster down [--dir D]
   pie-cluster stop-component [--dir D] [--kill] [--grace 15s] NAME
   pie-cluster start-component [--dir D] [--timeout 2m] NAME
@@ -44,8 +47,11 @@ kube-controller-manager, kube-scheduler, provisioner, kubelet.
 `
 
 func main() {
-	if filepath.Base(os.Args[0]) == "kubectl" {
+	switch filepath.Base(os.Args[0]) {
+	case "kubectl":
 		os.Exit(components.Kubectl(os.Args[1:]))
+	case "fio":
+		os.Exit(recordedfio.Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
@@ -180,6 +186,9 @@ func up(name string, args []string) int {
 	fs.Var(&imgs, "image", "image the process kubelet can run: REF=BINARY[,user=UID:GID][,cmd=ARGS] (repeatable)")
 	fs.IntVar(&opts.APIServerPort, "apiserver-port", 0, "apiserver port on 127.0.0.1 (0: a free one)")
 	fs.DurationVar(&opts.Timeout, "timeout", 3*time.Minute, "how long to wait for the cluster to be ready")
+	fs.DurationVar(&opts.Heartbeat, "node-heartbeat", 0, "the nodes' Lease renewal interval (0: kubelet's 10s; status every three; longer for thousands of nodes)")
+	var disabled images
+	fs.Var(&disabled, "disable-controller", "a kube-controller-manager controller not to run, e.g. cronjob-controller (repeatable)")
 	fs.BoolVar(&opts.Foreground, "foreground", false, "supervise in this process instead of in the background")
 	fs.BoolVar(&opts.StopOnStdinEOF, "stop-on-stdin-eof", false, "stop the cluster when stdin closes (with --foreground)")
 	fs.BoolVar(&opts.RemoveDir, "remove-dir-on-stop", false, "delete the state directory when the cluster stops (with --foreground)")
@@ -191,6 +200,7 @@ func up(name string, args []string) int {
 		return 2
 	}
 	opts.Images = imgs
+	opts.DisabledControllers = disabled
 	opts.Dir = absolute(opts.Dir)
 	self, err := os.Executable()
 	if err != nil {

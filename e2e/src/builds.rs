@@ -34,8 +34,9 @@ pub struct PieBinaries {
     pub agent: PathBuf,
 }
 
-/// Builds `pie-controller` and `pie-agent` (debug) into [`target_dir`], once per test binary,
-/// and returns their paths. Both, also for a test that needs only one, so that there is one
+/// Builds `pie-controller` and `pie-agent` into [`target_dir`], once per test binary, in the
+/// running binary's profile (debug for tests, release for benches, so that a bench measures
+/// what ships), and returns their paths. Both, also for a test that needs only one, so that there is one
 /// build to keep right (the `CARGO_*` variables below).
 pub fn pie_binaries() -> &'static PieBinaries {
     static BINARIES: OnceLock<PieBinaries> = OnceLock::new();
@@ -43,14 +44,21 @@ pub fn pie_binaries() -> &'static PieBinaries {
         let target = target_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
+        let release = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.ancestors().nth(2)?.file_name()? == "release"))
+            .unwrap_or(false);
+        command.args(["build", "-p", "pie-controller", "-p", "pie-agent"]);
+        if release {
+            command.arg("--release");
+        }
         command
-            .args(["build", "-p", "pie-controller", "-p", "pie-agent"])
             .env("CARGO_TARGET_DIR", &target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         clear_cargo_test_env(&mut command);
         let status = command.status().expect("run cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
-        let bin = target.join("debug");
+        let bin = target.join(if release { "release" } else { "debug" });
         PieBinaries {
             controller: bin.join("pie-controller"),
             agent: bin.join("pie-agent"),

@@ -64,6 +64,13 @@ impl Drop for LocalCluster {
     /// component and removed the dir. Only clusters of [`own_local_cluster`] are dropped; the
     /// shared one lives until the test binary exits.
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl LocalCluster {
+    /// What dropping it does; a second call returns at once.
+    fn stop(&self) {
         drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
@@ -118,7 +125,7 @@ fn start_cluster(nodes: usize) -> Option<TestCluster> {
     if !go_installed() {
         return None;
     }
-    Some(start_local(nodes))
+    Some(start_local(&LocalClusterOptions::new(nodes)))
 }
 
 /// A local cluster of `nodes` nodes for one test alone, for tests that stop its components or
@@ -126,6 +133,42 @@ fn start_cluster(nodes: usize) -> Option<TestCluster> {
 /// request) and removes its dir. `None`, after printing why on stderr, where the local cluster
 /// cannot run: with `PIE_E2E_KUBECONFIG` set, or without Go.
 pub fn own_local_cluster(nodes: usize) -> Option<TestCluster> {
+    own_local_cluster_with(&LocalClusterOptions::new(nodes))
+}
+
+/// How [`own_local_cluster_with`] starts the local cluster: its size and its scale mode.
+#[derive(Debug, Clone)]
+pub struct LocalClusterOptions {
+    /// Nodes.
+    pub nodes: usize,
+    /// The nodes' Lease renewal interval (`pie-cluster up --node-heartbeat`); `None`:
+    /// kubelet's 10 s. Thousands of nodes need a longer one on a small machine.
+    pub node_heartbeat: Option<Duration>,
+    /// Whether probe Pods run a recorded fio (`pie-cluster` as `/usr/local/bin/fio`, printing
+    /// `agent/tests/fixtures/fio-3.33-ok.json`) instead of the real one: the API server, not the
+    /// disk, is what a scale bench loads.
+    pub recorded_fio: bool,
+    /// kube-controller-manager controllers not to run (`--disable-controller`).
+    pub disabled_controllers: Vec<String>,
+    /// How long the cluster may take to be ready.
+    pub ready_timeout: Duration,
+}
+
+impl LocalClusterOptions {
+    /// `nodes` nodes, as the tests run them.
+    pub fn new(nodes: usize) -> LocalClusterOptions {
+        LocalClusterOptions {
+            nodes,
+            node_heartbeat: None,
+            recorded_fio: false,
+            disabled_controllers: Vec::new(),
+            ready_timeout: Duration::from_secs(240),
+        }
+    }
+}
+
+/// [`own_local_cluster`] with `options`.
+pub fn own_local_cluster_with(options: &LocalClusterOptions) -> Option<TestCluster> {
     if std::env::var_os("PIE_E2E_KUBECONFIG").is_some() {
         let _ = writeln!(
             std::io::stderr(),
@@ -136,7 +179,7 @@ pub fn own_local_cluster(nodes: usize) -> Option<TestCluster> {
     if !go_installed() {
         return None;
     }
-    Some(start_local(nodes))
+    Some(start_local(options))
 }
 
 /// Whether Go is there to build the local cluster; if not, says that the test skips.
@@ -178,9 +221,23 @@ pub fn build_helm() -> PathBuf {
         .clone()
 }
 
-fn start_local(nodes: usize) -> TestCluster {
+fn start_local(options: &LocalClusterOptions) -> TestCluster {
     let PieBinaries { agent, controller } = pie_binaries();
     let binary = build_pie_cluster();
+    let mut agent_image = format!(
+        "ghcr.io/pie-rs/pie-agent={},user=1001:1001",
+        agent.display()
+    );
+    if options.recorded_fio {
+        // PATH finds /usr/local/bin/fio before the host's /usr/bin/fio.
+        let recording = repo_root().join("agent/tests/fixtures/fio-3.33-ok.json");
+        agent_image.push_str(&format!(
+            ",file=/usr/local/bin/fio:{},file=/usr/local/share/pie-cluster/fio.json:{},\
+             env=PIE_CLUSTER_FIO_OUTPUT=/usr/local/share/pie-cluster/fio.json",
+            binary.display(),
+            recording.display()
+        ));
+    }
     let dir = tempfile::Builder::new()
         .prefix("pie-cluster-")
         .tempdir()
@@ -192,13 +249,14 @@ fn start_local(nodes: usize) -> TestCluster {
     command
         .args(["up", "--foreground", "--stop-on-stdin-eof", "--dir"])
         .arg(&dir)
-        .args(["--nodes", &nodes.to_string()])
+        .args(["--nodes", &options.nodes.to_string()])
+        .args([
+            "--timeout",
+            &format!("{}s", options.ready_timeout.as_secs()),
+        ])
         .arg("--image")
         // The agent image's USER (Dockerfile); probe Pods set runAsUser themselves.
-        .arg(format!(
-            "ghcr.io/pie-rs/pie-agent={},user=1001:1001",
-            agent.display()
-        ))
+        .arg(agent_image)
         // The controller image, as the Dockerfile builds it (ENTRYPOINT pie-controller, USER
         // 65532): the Helm chart's Deployment runs on the process kubelet (e2e/tests/helm.rs).
         .arg("--image")
@@ -211,6 +269,12 @@ fn start_local(nodes: usize) -> TestCluster {
         .stderr(Stdio::from(out));
     if !keep {
         command.arg("--remove-dir-on-stop");
+    }
+    if let Some(heartbeat) = options.node_heartbeat {
+        command.args(["--node-heartbeat", &format!("{}s", heartbeat.as_secs())]);
+    }
+    for name in &options.disabled_controllers {
+        command.args(["--disable-controller", name]);
     }
     let mut child = command.spawn().expect("start pie-cluster up");
     let stdin = child.stdin.take().expect("piped stdin");
@@ -227,9 +291,11 @@ fn start_local(nodes: usize) -> TestCluster {
                 said.trim()
             );
         }
+        // pie-cluster gives up after --timeout and says why; this is for a hung one.
         assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "the local cluster was not ready within 240 s; logs in {}",
+            started.elapsed() < options.ready_timeout + Duration::from_secs(60),
+            "the local cluster was not ready within {:?}; logs in {}",
+            options.ready_timeout,
             dir.join("logs").display()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -444,6 +510,40 @@ impl TestCluster {
                 }
             })
             .collect()
+    }
+
+    /// Every request of `user` the API server answered in `[from_ms, to_ms)` (Unix ms, by the
+    /// time of the answer), from the local cluster's audit log. Empty on other clusters.
+    pub fn audit_requests(&self, user: &str, from_ms: i64, to_ms: i64) -> Vec<AuditRequest> {
+        self.audit_events()
+            .into_iter()
+            .filter(|e| e.stage == "ResponseComplete" && e.user.username == user)
+            .filter_map(|e| {
+                let at_ms = e
+                    .stage_timestamp
+                    .as_deref()
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())?
+                    .as_millisecond();
+                let o = e.object_ref.unwrap_or_default();
+                let resource = match o.subresource {
+                    Some(sub) => format!("{}/{sub}", o.resource.unwrap_or_default()),
+                    None => o.resource.unwrap_or_default(),
+                };
+                (from_ms..to_ms).contains(&at_ms).then(|| AuditRequest {
+                    verb: e.verb,
+                    resource,
+                    code: e.response_status.and_then(|s| s.code),
+                    at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops the local cluster now, as dropping it would (for a `&'static` one).
+    pub fn stop(&self) {
+        if let Some(local) = &self.local {
+            local.stop();
+        }
     }
 
     fn audit_events(&self) -> Vec<AuditEvent> {
@@ -965,6 +1065,26 @@ struct AuditEvent {
     user: AuditUser,
     object_ref: Option<AuditObject>,
     response_status: Option<AuditStatus>,
+}
+
+/// One request in the API server's audit log ([`TestCluster::audit_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRequest {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...
+    pub verb: String,
+    /// The resource, with a subresource as `pods/status`.
+    pub resource: String,
+    /// The HTTP status of the answer.
+    pub code: Option<u16>,
+    /// When it was answered (Unix ms).
+    pub at_ms: i64,
+}
+
+impl AuditRequest {
+    /// Whether it changes something (any verb but `get`, `list` and `watch`).
+    pub fn is_write(&self) -> bool {
+        !matches!(self.verb.as_str(), "get" | "list" | "watch")
+    }
 }
 
 #[derive(Debug, Deserialize)]

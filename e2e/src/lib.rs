@@ -21,7 +21,7 @@
 //! - `builds`: [`pie_binaries`], the one cargo build of pie's binaries, [`target_dir`] and
 //!   [`repo_root`].
 //! - `process`: [`Process`] and [`free_port`], which every harness above is made of, and
-//!   [`require_binary`], [`rss_bytes`], [`cpu_seconds`], [`dir_bytes`].
+//!   [`require_binary`], [`rss_bytes`], [`peak_rss_bytes`], [`cpu_seconds`], [`dir_bytes`].
 //! - `http`: [`http_client`], [`scrape`], [`scrape_value`], [`scrape_sum`]; `time`:
 //!   [`now_millis`].
 //!
@@ -50,7 +50,8 @@ pub use builds::{
 pub use http::{http_client, scrape, scrape_sum, scrape_value};
 pub use pie::{MOUNT_RESULT_GAUGES, PieReceive, assert_results_exactly_once, probe_result_json};
 pub use process::{
-    Process, cpu_seconds, dir_bytes, find_binary, free_port, require_binary, rss_bytes,
+    Process, cpu_seconds, dir_bytes, find_binary, free_port, peak_rss_bytes, require_binary,
+    rss_bytes,
 };
 pub use prometheus::{PromSeries, Prometheus};
 pub use service::{Backend, ReadyService};

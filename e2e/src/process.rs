@@ -207,6 +207,14 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The peak resident set size of process `pid` in bytes (`VmHWM` of `/proc/<pid>/status`).
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The CPU seconds (user + system, all threads) process `pid` has used (Linux
 /// `/proc/<pid>/stat`), for benches that compare the CPU of several processes over one run.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

@@ -630,6 +630,8 @@ pub struct PodRecord {
     pub name: String,
     /// `mount` or `provision` (the Pod's `app.kubernetes.io/component`, without `-probe`).
     pub probe: String,
+    /// Its PieProbe (the label `pie-probe`).
+    pub pie_probe: String,
     /// The node it ran on (or was pinned to), empty if never scheduled.
     pub node: String,
     /// creationTimestamp, ms.
@@ -798,6 +800,7 @@ fn record_of(pod: &Pod) -> Option<(String, PodRecord)> {
         PodRecord {
             name: pod.metadata.name.clone()?,
             probe,
+            pie_probe: labels.get("pie-probe").cloned().unwrap_or_default(),
             node,
             created_ms: pod.metadata.creation_timestamp.as_ref()?.0.as_millisecond(),
             started_ms,

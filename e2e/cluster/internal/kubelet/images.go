@@ -53,12 +53,17 @@ func repository(ref string) string {
 	return ref
 }
 
-// ParseImageFlag parses `REFERENCE=BINARY[,user=UID:GID][,cmd=ARG ARG...]`: the image runs
-// BINARY, bound at /usr/local/bin/<its name>, as its entrypoint.
+// imageFlagForm is the form of an --image flag, for error messages.
+const imageFlagForm = "REFERENCE=BINARY[,user=UID:GID][,cmd=ARGS][,env=NAME=VALUE]...[,file=PATH:HOST_PATH]..."
+
+// ParseImageFlag parses `REFERENCE=BINARY[,user=UID:GID][,cmd=ARG ARG...][,env=NAME=VALUE]...
+// [,file=PATH:HOST_PATH]...`: the image runs BINARY, bound at /usr/local/bin/<its name>, as
+// its entrypoint; env= adds to the image's environment, file= binds a host file at PATH in
+// the image (how the scale bench puts a recorded fio at /usr/local/bin/fio, first in PATH).
 func ParseImageFlag(v string) (string, Image, error) {
 	ref, rest, ok := strings.Cut(v, "=")
 	if !ok || ref == "" || rest == "" {
-		return "", Image{}, fmt.Errorf("--image %q: expected REFERENCE=BINARY[,user=UID:GID][,cmd=ARGS]", v)
+		return "", Image{}, fmt.Errorf("--image %q: expected %s", v, imageFlagForm)
 	}
 	parts := strings.Split(rest, ",")
 	binary, err := filepath.Abs(parts[0])
@@ -77,8 +82,22 @@ func ParseImageFlag(v string) (string, Image, error) {
 			img.User = value
 		case "cmd":
 			img.Cmd = strings.Fields(value)
+		case "env":
+			if name, _, ok := strings.Cut(value, "="); !ok || name == "" {
+				return "", Image{}, fmt.Errorf("--image %q: env=%q is not NAME=VALUE", v, value)
+			}
+			img.Env = append(img.Env, value)
+		case "file":
+			path, host, ok := strings.Cut(value, ":")
+			if !ok || !filepath.IsAbs(path) || host == "" {
+				return "", Image{}, fmt.Errorf("--image %q: file=%q is not /PATH:HOST_PATH", v, value)
+			}
+			if host, err = filepath.Abs(host); err != nil {
+				return "", Image{}, err
+			}
+			img.Files[path] = host
 		default:
-			return "", Image{}, fmt.Errorf("--image %q: unknown option %q (user=, cmd=)", v, key)
+			return "", Image{}, fmt.Errorf("--image %q: unknown option %q (user=, cmd=, env=, file=)", v, key)
 		}
 	}
 	return ref, img, nil

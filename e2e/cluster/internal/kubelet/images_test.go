@@ -41,7 +41,8 @@ func TestLookup(t *testing.T) {
 }
 
 func TestParseImageFlag(t *testing.T) {
-	ref, img, err := ParseImageFlag("ghcr.io/pie-rs/pie-agent=/x/pie-agent,user=1001:1001,cmd=probe --once")
+	ref, img, err := ParseImageFlag("ghcr.io/pie-rs/pie-agent=/x/pie-agent,user=1001:1001,cmd=probe --once," +
+		"env=A=b=c,file=/usr/local/bin/fio:/x/fio,env=B=")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,16 +50,22 @@ func TestParseImageFlag(t *testing.T) {
 		Entrypoint: []string{"/usr/local/bin/pie-agent"},
 		Cmd:        []string{"probe", "--once"},
 		User:       "1001:1001",
-		Files:      map[string]string{"/usr/local/bin/pie-agent": "/x/pie-agent"},
+		Files:      map[string]string{"/usr/local/bin/pie-agent": "/x/pie-agent", "/usr/local/bin/fio": "/x/fio"},
+		Env:        []string{"A=b=c", "B="},
 	}
 	if ref != "ghcr.io/pie-rs/pie-agent" || !reflect.DeepEqual(img, want) {
 		t.Errorf("got %q %+v", ref, img)
 	}
 	for in, says := range map[string]string{
-		"no-binary":          "expected REFERENCE=BINARY",
-		"=/bin/true":         "expected REFERENCE=BINARY",
-		"a=/bin/true,user=x": `user "x" is not UID[:GID]`,
-		"a=/bin/true,gpu=1":  `unknown option "gpu"`,
+		"no-binary":                    "expected REFERENCE=BINARY",
+		"=/bin/true":                   "expected REFERENCE=BINARY",
+		"a=/bin/true,user=x":           `user "x" is not UID[:GID]`,
+		"a=/bin/true,gpu=1":            `unknown option "gpu"`,
+		"a=/bin/true,env=X":            `env="X" is not NAME=VALUE`,
+		"a=/bin/true,env==1":           `env="=1" is not NAME=VALUE`,
+		"a=/bin/true,file=x":           `file="x" is not /PATH:HOST_PATH`,
+		"a=/bin/true,file=rel:/bin/ls": `file="rel:/bin/ls" is not /PATH:HOST_PATH`,
+		"a=/bin/true,file=/x:":         `file="/x:" is not /PATH:HOST_PATH`,
 	} {
 		if _, _, err := ParseImageFlag(in); err == nil || !strings.Contains(err.Error(), says) {
 			t.Errorf("ParseImageFlag(%q) = %v, want an error saying %q", in, err, says)

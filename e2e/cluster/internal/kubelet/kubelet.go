@@ -50,6 +50,9 @@ type Config struct {
 	Self string
 	// ServingCert and ServingKey serve container logs; ClientCA checks the apiserver.
 	ServingCert, ServingKey, ClientCA string
+	// Heartbeat is the nodes' Lease renewal interval (0: kubelet's 10 s); their status is
+	// reported every three. Thousands of nodes need a longer one on a small machine.
+	Heartbeat time.Duration `json:"heartbeat,omitempty"`
 }
 
 // NodeConfig is one node this kubelet plays.
@@ -109,7 +112,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	restConfig.QPS, restConfig.Burst = 100, 200
+	// Enough for every node's heartbeat (a GET and a write per Lease renewal and per status
+	// report) with room for the Pods' status and Events.
+	heartbeat := cfg.Heartbeat
+	if heartbeat <= 0 {
+		heartbeat = DefaultHeartbeat
+	}
+	perSecond := float64(len(cfg.Nodes)) * 4 / heartbeat.Seconds()
+	restConfig.QPS = float32(max(100, 2*perSecond))
+	restConfig.Burst = int(2 * restConfig.QPS)
 	client, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
 		return err

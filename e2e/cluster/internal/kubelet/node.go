@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"context"
+	"math/rand/v2"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -17,13 +18,26 @@ import (
 	"github.com/pie-rs/pie/e2e/cluster/internal/faults"
 )
 
-const (
-	// leaseDuration and the renewal interval are kubelet's defaults.
-	leaseDuration = 40
-	renewInterval = 10 * time.Second
-	// statusInterval is how often the Node's conditions are reported without a change.
-	statusInterval = 30 * time.Second
-)
+// DefaultHeartbeat is kubelet's default Lease renewal interval (its Lease lasts 40 s).
+const DefaultHeartbeat = 10 * time.Second
+
+// renewInterval is how often a node renews its Lease: Config.Heartbeat, else kubelet's default.
+func (k *Kubelet) renewInterval() time.Duration {
+	if k.cfg.Heartbeat > 0 {
+		return k.cfg.Heartbeat
+	}
+	return DefaultHeartbeat
+}
+
+// leaseDuration is the Lease's duration in seconds: kubelet's 40 s at its default interval,
+// and four intervals at a longer one.
+func (k *Kubelet) leaseDuration() int32 {
+	return int32(max(40, 4*k.renewInterval()/time.Second))
+}
+
+// statusInterval is how often the Node's conditions are reported without a change: three
+// Lease renewals (kubelet's 30 s at its default interval).
+func (k *Kubelet) statusInterval() time.Duration { return 3 * k.renewInterval() }
 
 type node struct {
 	k     *Kubelet
@@ -154,7 +168,7 @@ func (n *node) renewLease(ctx context.Context) error {
 				}},
 			},
 			Spec: coordinationv1.LeaseSpec{
-				HolderIdentity: ptr.To(n.cfg.Name), LeaseDurationSeconds: ptr.To[int32](leaseDuration),
+				HolderIdentity: ptr.To(n.cfg.Name), LeaseDurationSeconds: ptr.To(n.k.leaseDuration()),
 				RenewTime: &now,
 			},
 		}
@@ -172,11 +186,15 @@ func (n *node) renewLease(ctx context.Context) error {
 // heartbeat renews the Lease and reports the status until ctx ends, except while the node's
 // heartbeat fault is set. A change of the Ready fault is reported at once.
 func (n *node) heartbeat(ctx context.Context) {
-	lastStatus := time.Now()
+	// Nodes registered together renew at spread-out moments, as real nodes do, rather than
+	// all in the same second.
+	renew, status := n.k.renewInterval(), n.k.statusInterval()
+	offset := time.Duration(rand.Int64N(int64(renew)))
+	lastStatus := time.Now().Add(-offset)
 	lastReady := ""
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	lastRenew := time.Now()
+	lastRenew := time.Now().Add(-offset)
 	for {
 		select {
 		case <-ctx.Done():
@@ -191,14 +209,14 @@ func (n *node) heartbeat(ctx context.Context) {
 			continue
 		}
 		ready := n.k.nodeAnnotation(n.cfg.Name, faults.Ready)
-		if time.Since(lastRenew) >= renewInterval {
+		if time.Since(lastRenew) >= renew {
 			if err := n.renewLease(ctx); err != nil {
 				klog.ErrorS(err, "renewing lease", "node", n.cfg.Name)
 			} else {
 				lastRenew = time.Now()
 			}
 		}
-		if ready != lastReady || time.Since(lastStatus) >= statusInterval {
+		if ready != lastReady || time.Since(lastStatus) >= status {
 			if err := n.reportStatus(ctx); err != nil {
 				klog.ErrorS(err, "reporting node status", "node", n.cfg.Name)
 				continue

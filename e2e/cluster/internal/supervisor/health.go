@@ -71,12 +71,16 @@ func (s *supervisor) healthy(ctx context.Context, name string, begin time.Time) 
 		if ready < len(s.nodes) {
 			return false, fmt.Sprintf("%d of %d Ready and untainted", ready, len(s.nodes))
 		}
+		leases, err := s.client.CoordinationV1().Leases("kube-node-lease").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		renewed := map[string]bool{}
+		for _, lease := range leases.Items {
+			renewed[lease.Name] = lease.Spec.RenewTime != nil && !lease.Spec.RenewTime.Time.Before(begin)
+		}
 		for _, node := range s.nodes {
-			lease, err := s.client.CoordinationV1().Leases("kube-node-lease").Get(ctx, node, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			if lease.Spec.RenewTime == nil || lease.Spec.RenewTime.Time.Before(begin) {
+			if !renewed[node] {
 				return false, fmt.Sprintf("the Lease of %s is not renewed yet", node)
 			}
 		}

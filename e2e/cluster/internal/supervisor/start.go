@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +63,27 @@ rules:
   nonResourceURLs: ["/healthz*", "/readyz*", "/livez*", "/version"]
 - level: Metadata
 `
+
+// enabledControllers is controllers without the disabled ones.
+func enabledControllers(disabled []string) []string {
+	var out []string
+	for _, c := range controllers {
+		if !slices.Contains(disabled, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// checkDisabledControllers refuses a name that is not one of controllers.
+func checkDisabledControllers(disabled []string) error {
+	for _, c := range disabled {
+		if !slices.Contains(controllers, c) {
+			return fmt.Errorf("--disable-controller %q: not one the cluster runs (%s)", c, strings.Join(controllers, ", "))
+		}
+	}
+	return nil
+}
 
 func (s *supervisor) allocatePorts() error {
 	var err error
@@ -122,6 +144,9 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Waiting for thousands of nodes takes a few LISTs, but the default 5/s would still slow
+	// down the storage classes and namespace checks of a large cluster.
+	config.QPS, config.Burst = 50, 100
 	client, err := kubernetes.NewForConfig(config)
 	if err != nil {
 		return "", err
@@ -198,9 +223,10 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 		"--service-account-private-key-file="+files.SAKey,
 		"--root-ca-file="+files.CACert,
 		"--cluster-signing-cert-file="+files.CACert, "--cluster-signing-key-file="+files.CAKey,
-		"--controllers="+strings.Join(controllers, ","),
-		// A node whose heartbeats stop is Unknown after 20 s rather than 50 s.
-		"--node-monitor-grace-period=20s", "--node-monitor-period=2s",
+		"--controllers="+strings.Join(enabledControllers(s.opts.DisabledControllers), ","),
+		// A node whose heartbeats stop is Unknown after 20 s rather than 50 s (after two
+		// heartbeats when they are slower than kubelet's 10 s).
+		"--node-monitor-grace-period="+max(20*time.Second, 2*s.opts.Heartbeat).String(), "--node-monitor-period=2s",
 	)...); err != nil {
 		return "", err
 	}
@@ -282,6 +308,7 @@ func (s *supervisor) kubeletConfig(kubeconfig string) (string, []string, error) 
 		ServingCert:   cert,
 		ServingKey:    key,
 		ClientCA:      s.files.CACert,
+		Heartbeat:     s.opts.Heartbeat,
 	}
 	var names []string
 	for i := range s.opts.Nodes {
@@ -300,10 +327,18 @@ func (s *supervisor) kubeletConfig(kubeconfig string) (string, []string, error) 
 // readyNodes counts the nodes that are Ready and free of the not-ready taint (which the node
 // lifecycle controller removes: then the scheduler places Pods there).
 func readyNodes(ctx context.Context, client kubernetes.Interface, names []string) int {
-	ready := 0
+	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0
+	}
+	wanted := map[string]bool{}
 	for _, name := range names {
-		n, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
+		wanted[name] = true
+	}
+	ready := 0
+	for i := range list.Items {
+		n := &list.Items[i]
+		if !wanted[n.Name] {
 			continue
 		}
 		ok := false

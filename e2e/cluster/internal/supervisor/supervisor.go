@@ -48,6 +48,12 @@ type Options struct {
 	RemoveDir bool
 	// Self is the pie-cluster binary.
 	Self string
+	// Heartbeat is the nodes' Lease renewal interval (0: kubelet's 10 s); the controller
+	// manager's node-monitor grace period is two of them (at least 20 s).
+	Heartbeat time.Duration
+	// DisabledControllers are kube-controller-manager controllers not to run (a scale bench
+	// that measures object management alone runs no cronjob-controller).
+	DisabledControllers []string
 }
 
 // component is one process of the cluster: one run of it (a restart is a new component with
@@ -110,6 +116,12 @@ func Up(opts Options) int {
 	if opts.Nodes < 1 {
 		return fail("--nodes must be at least 1, not %d", opts.Nodes)
 	}
+	if opts.Heartbeat < 0 || (opts.Heartbeat > 0 && opts.Heartbeat < time.Second) {
+		return fail("--node-heartbeat must be at least 1s, not %s", opts.Heartbeat)
+	}
+	if err := checkDisabledControllers(opts.DisabledControllers); err != nil {
+		return fail("%v", err)
+	}
 	for _, img := range opts.Images {
 		if _, _, err := kubelet.ParseImageFlag(img); err != nil {
 			return fail("%v", err)
@@ -146,9 +158,12 @@ func Up(opts Options) int {
 	defer log.Close()
 	args := []string{"supervise", "--dir", opts.Dir, "--nodes", strconv.Itoa(opts.Nodes),
 		"--node-prefix", opts.NodePrefix, "--apiserver-port", strconv.Itoa(opts.APIServerPort),
-		"--timeout", opts.Timeout.String()}
+		"--timeout", opts.Timeout.String(), "--node-heartbeat", opts.Heartbeat.String()}
 	for _, img := range opts.Images {
 		args = append(args, "--image", img)
+	}
+	for _, c := range opts.DisabledControllers {
+		args = append(args, "--disable-controller", c)
 	}
 	cmd := exec.Command(opts.Self, args...)
 	cmd.Stdout, cmd.Stderr = log, log
