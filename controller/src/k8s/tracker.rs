@@ -26,8 +26,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::actions;
-use crate::domain::outcome::machine::{Action, Decision, Machine, Observation};
+use crate::domain::outcome::machine::{Action, Decision, Machine, Observation, ProbeKind};
 use crate::domain::outcome::observe::{self, Known, ProbeIndex};
+use crate::domain::outcome::status_throttle::StatusThrottle;
 use crate::k8s::watch::{by_label, logged, managed_selector, provision_pvc_selector, scoped};
 use crate::metrics::push::{Pusher, SETTLE_TIMEOUT};
 use remote_write::now_ms;
@@ -38,6 +39,12 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const EVENT_NAMESPACES_EVERY: Duration = Duration::from_secs(5);
 /// Attempts per action (patch or delete) before it is given up and logged.
 pub const ACTION_ATTEMPTS: usize = 5;
+/// A PieProbe's last outcome of one kind reaches its status at once when its result changes,
+/// else at most this often (domain::outcome::status_throttle).
+pub const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// The status writes of outcomes waiting for [`STATUS_EVERY`], by namespace, PieProbe and kind.
+type Throttle = std::sync::Mutex<StatusThrottle<(String, String, ProbeKind), Action>>;
 
 /// The probe Pods whose outcome is counted, by UID, while they exist: the results API accepts
 /// a probe's report only for these, so a probe Pod does not end before it is counted.
@@ -181,9 +188,16 @@ async fn watch_events<I: ProbeIndex>(client: Client, index: Arc<I>, tx: mpsc::Se
 /// Carries out a decision: marks the Pod, then records the outcome (queued for remote write at
 /// once) and, once it left memory (delivered or on disk, at most a few seconds), notes the Pod
 /// counted (from then on the results API answers it), then deletes a late Pod's Job and shows
-/// the outcome in the PieProbe's status. A mark that cannot be made
+/// the outcome in the PieProbe's status (at once when its result changed, else through the
+/// throttle, at most every [`STATUS_EVERY`]). A mark that cannot be made
 /// after the retries (the API server is away) does not hold the outcome back.
-async fn settle(client: Client, pusher: Pusher, counted: Arc<CountedPods>, decision: Decision) {
+async fn settle(
+    client: Client,
+    pusher: Pusher,
+    counted: Arc<CountedPods>,
+    status: Arc<Throttle>,
+    decision: Decision,
+) {
     let Decision {
         uid,
         mark,
@@ -213,10 +227,43 @@ async fn settle(client: Client, pusher: Pusher, counted: Arc<CountedPods>, decis
     // The Pod is answered (and may end) only once its outcome is out of memory.
     pusher.settle(SETTLE_TIMEOUT).await;
     counted.update(vec![uid], Vec::new());
-    for action in &actions {
-        if let Err(e) = act(&client, action).await {
+    for action in actions {
+        let action = match &action {
+            Action::RecordOutcome {
+                namespace,
+                pie_probe,
+                kind,
+                result,
+                ..
+            } => {
+                let key = (namespace.clone(), pie_probe.clone(), *kind);
+                let mut throttle = status.lock().unwrap_or_else(|e| e.into_inner());
+                match throttle.offer(key, result, action, now_ms()) {
+                    Some(action) => action,
+                    None => continue,
+                }
+            }
+            _ => action,
+        };
+        if let Err(e) = act(&client, &action).await {
             warn!(error = %e, ?action, "could not carry out an outcome action");
         }
+    }
+}
+
+/// Writes the outcomes whose status write has waited long enough.
+fn write_due_statuses(client: &Client, status: &Throttle) {
+    let due = status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .due(now_ms());
+    for action in due {
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = act(&client, &action).await {
+                warn!(error = %e, ?action, "could not write an outcome to the status");
+            }
+        });
     }
 }
 
@@ -288,13 +335,19 @@ pub async fn run<I>(
     drop(tx);
 
     let mut tracker = Tracker::new(pusher, counted);
+    let status: Arc<Throttle> = Arc::new(std::sync::Mutex::new(StatusThrottle::new(
+        STATUS_EVERY.as_millis() as i64,
+    )));
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let observation = tokio::select! {
             Some(obs) = rx.recv() => obs,
-            _ = tick.tick() => Observation::Tick,
+            _ = tick.tick() => {
+                write_due_statuses(&client, &status);
+                Observation::Tick
+            }
             () = &mut shutdown => break,
         };
         for decision in tracker.step(observation, now_ms()) {
@@ -302,6 +355,7 @@ pub async fn run<I>(
                 client.clone(),
                 tracker.pusher.clone(),
                 tracker.counted.clone(),
+                status.clone(),
                 decision,
             ));
         }

@@ -86,6 +86,82 @@ fn a_step_returns_its_decisions_and_records_nothing_of_them_yet() {
     assert_eq!(tracker.tracked(), 1);
 }
 
+fn outcome(uid: &str, result: &'static str) -> Decision {
+    Decision {
+        uid: uid.into(),
+        mark: None,
+        updates: Vec::new(),
+        actions: vec![Action::RecordOutcome {
+            namespace: "pie".into(),
+            pie_probe: "p".into(),
+            kind: ProbeKind::Mount,
+            time_ms: 71_000,
+            node: Some("n1".into()),
+            result,
+            started_after_ms: Some(1_000),
+            threshold_ms: 60_000,
+            reason: None,
+        }],
+    }
+}
+
+/// An outcome that says what the status already says waits for the throttle instead of being
+/// written (one PieProbe's status was written for every probe Pod); a changed one is written at
+/// once.
+#[tokio::test]
+async fn the_status_is_written_at_once_only_when_the_result_changes() {
+    let (client, mut api) = ApiServerVerifier::new();
+    let pusher = pusher();
+    let counted = Arc::new(CountedPods::default());
+    let status = Arc::new(Mutex::new(StatusThrottle::new(30_000)));
+    let key = ("pie".to_owned(), "p".to_owned(), ProbeKind::Mount);
+    let written = outcome("u0", "OnTime").actions.pop().unwrap();
+    assert!(
+        status
+            .lock()
+            .unwrap()
+            .offer(key, "OnTime", written, now_ms())
+            .is_some()
+    );
+    settle(
+        client.clone(),
+        pusher.clone(),
+        counted.clone(),
+        status.clone(),
+        outcome("u1", "OnTime"),
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), api.0.next_request())
+            .await
+            .is_err(),
+        "the same result again is not written at once"
+    );
+    let due = status.lock().unwrap().due(now_ms() + 30_000);
+    assert_eq!(
+        due,
+        outcome("u1", "OnTime").actions,
+        "it waits, to be written later"
+    );
+
+    let task = tokio::spawn(settle(
+        client,
+        pusher,
+        counted,
+        status,
+        outcome("u2", "Late"),
+    ));
+    api.expect(
+        Method::PATCH,
+        "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
+        json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+               "metadata": {"name": "p", "namespace": "pie"},
+               "spec": {"monitoringStorageClass": "sc"}}),
+    )
+    .await;
+    task.await.unwrap();
+}
+
 /// The mark comes first: until the API server has the Pod marked, nothing is recorded and the
 /// Pod is not counted for the results API; then the outcome is, and the Job goes.
 #[tokio::test]
@@ -98,7 +174,14 @@ async fn a_decision_is_recorded_once_the_pod_is_marked() {
         .step(Observation::Pod(late_pod()), 72_000)
         .pop()
         .unwrap();
-    let task = tokio::spawn(settle(client, pusher.clone(), counted.clone(), decision));
+    let status = Arc::new(std::sync::Mutex::new(StatusThrottle::new(30_000)));
+    let task = tokio::spawn(settle(
+        client,
+        pusher.clone(),
+        counted.clone(),
+        status,
+        decision,
+    ));
     let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.0.next_request())
         .await
         .expect("the mark")

@@ -35,7 +35,7 @@ import (
 // Config is what the supervisor tells the kubelet.
 type Config struct {
 	Kubeconfig string
-	// Nodes to register and serve, with the port of each one's log server.
+	// Nodes to register and serve, with the port of each one's log server (0: a free one).
 	Nodes []NodeConfig
 	// Dir holds per-Pod state (volumes, container roots and logs).
 	Dir string
@@ -153,7 +153,11 @@ func Run(ctx context.Context, cfg Config) error {
 	nodeInformer.Informer() // registered before Start
 	factory.Start(ctx.Done())
 
-	for i, n := range cfg.Nodes {
+	// The log servers first: they pick each node's port, which its status publishes.
+	if err := k.serveLogs(ctx); err != nil {
+		return err
+	}
+	for i, n := range k.cfg.Nodes {
 		nd := &node{k: k, cfg: n, index: i}
 		k.nodes[n.Name] = nd
 		if err := nd.register(ctx); err != nil {
@@ -163,9 +167,6 @@ func Run(ctx context.Context, cfg Config) error {
 	factory.WaitForCacheSync(ctx.Done())
 	for _, nd := range k.nodes {
 		go nd.heartbeat(ctx)
-	}
-	if err := k.serveLogs(ctx); err != nil {
-		return err
 	}
 	klog.InfoS("kubelet serving", "nodes", len(cfg.Nodes))
 	<-ctx.Done()

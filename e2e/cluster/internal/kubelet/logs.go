@@ -38,15 +38,20 @@ func (k *Kubelet) serveLogs(ctx context.Context) error {
 	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
-	for _, n := range k.cfg.Nodes {
+	for i := range k.cfg.Nodes {
+		n := &k.cfg.Nodes[i]
 		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(n.Port)))
 		if err != nil {
 			return fmt.Errorf("node %s log server: %w", n.Name, err)
 		}
+		// Port 0 takes a free one, bound here: ports picked ahead by someone else can be
+		// taken meanwhile (by any outgoing connection), which hundreds of nodes made likely.
+		n.Port = ln.Addr().(*net.TCPAddr).Port
 		srv := &http.Server{Handler: mux, TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+		name := n.Name
 		go func() {
 			if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				klog.ErrorS(err, "log server", "node", n.Name)
+				klog.ErrorS(err, "log server", "node", name)
 			}
 		}()
 		go func() { <-ctx.Done(); _ = srv.Close() }()

@@ -101,9 +101,6 @@ func (s *supervisor) allocatePorts() error {
 		s.ports.apiserver = pick()
 	}
 	s.ports.controllerManager, s.ports.scheduler, s.ports.provisioner = pick(), pick(), pick()
-	for range s.opts.Nodes {
-		s.ports.kubelets = append(s.ports.kubelets, pick())
-	}
 	return err
 }
 
@@ -264,13 +261,21 @@ func (s *supervisor) start(ctx context.Context) (string, error) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "local cluster ready in %.1f s: %d nodes (%s), Kubernetes %s at %s\n",
-		time.Since(begin).Seconds(), len(nodes), strings.Join(nodes, ", "), version(ctx, client), server)
+		time.Since(begin).Seconds(), len(nodes), nodeList(nodes), version(ctx, client), server)
 	fmt.Fprintf(&b, "StorageClasses: %s (default, provisioner %s), %s (no provisioner)\n",
 		DefaultStorageClass, provisioner.Name, MissingProvisionerClass)
 	fmt.Fprintf(&b, "kubeconfig: %s\n", s.st.path("kubeconfig"))
 	fmt.Fprintf(&b, "logs: %s\n", s.st.path("logs"))
 	fmt.Fprintf(&b, "try: KUBECONFIG=%s %s get nodes\n", s.st.path("kubeconfig"), filepath.Join(filepath.Dir(s.opts.Self), "kubectl"))
 	return b.String(), nil
+}
+
+// nodeList names the nodes, the first and last few of a large cluster.
+func nodeList(nodes []string) string {
+	if len(nodes) <= 10 {
+		return strings.Join(nodes, ", ")
+	}
+	return strings.Join(nodes[:3], ", ") + ", ..., " + strings.Join(nodes[len(nodes)-2:], ", ")
 }
 
 func version(ctx context.Context, client kubernetes.Interface) string {
@@ -314,7 +319,7 @@ func (s *supervisor) kubeletConfig(kubeconfig string) (string, []string, error) 
 	for i := range s.opts.Nodes {
 		name := fmt.Sprintf("%s%d", s.opts.NodePrefix, i+1)
 		names = append(names, name)
-		cfg.Nodes = append(cfg.Nodes, kubelet.NodeConfig{Name: name, Port: s.ports.kubelets[i]})
+		cfg.Nodes = append(cfg.Nodes, kubelet.NodeConfig{Name: name})
 	}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {

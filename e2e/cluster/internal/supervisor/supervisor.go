@@ -94,7 +94,6 @@ type ports struct {
 	etcdClient, etcdPeer, apiserver int
 	controllerManager, scheduler    int
 	provisioner                     int
-	kubelets                        []int
 }
 
 // identities of the cluster's own clients. The kubelet and the provisioner are privileged
