@@ -466,6 +466,10 @@ struct Fault {
     probe: String,
     threshold_ms: i64,
     injected_ms: i64,
+    /// Late probes of its PieProbe in VictoriaMetrics when it was injected.
+    late_before: f64,
+    /// Its alert fired already when it was injected (not measurable).
+    firing_before: bool,
     decidable_ms: Option<i64>,
     in_vm_ms: Option<i64>,
     firing_ms: Option<i64>,
@@ -530,11 +534,11 @@ async fn detect(f: &Flags) {
     loop {
         let now = now_millis();
         let records = ledger.records();
-        let failed_provision = failing(&s, "pie_provision_probe_total").await;
-        let failed_mount = failing(&s, "pie_mount_probe_total").await;
-        let alerts = s.alerts().await;
         let mut open = 0;
         for (kind, list) in &mut faults {
+            let (metric, alert) = metric_and_alert(kind);
+            let late = late_counts(&s, metric).await;
+            let fires = firing(&s, alert).await;
             for fault in list.iter_mut() {
                 if fault.decidable_ms.is_none() {
                     fault.decidable_ms = records
@@ -547,29 +551,18 @@ async fn detect(f: &Flags) {
                         .map(|r| r.created_ms + fault.threshold_ms)
                         .min();
                 }
-                let failed = if *kind == "provision" {
-                    &failed_provision
-                } else {
-                    &failed_mount
-                };
-                if fault.in_vm_ms.is_none() && failed.contains(&fault.probe) {
+                if fault.in_vm_ms.is_none()
+                    && late.get(&fault.probe).copied().unwrap_or(0.0) > fault.late_before
+                {
                     fault.in_vm_ms = Some(now);
                 }
-                let alert = if *kind == "provision" {
-                    "PieProvisionProbeFailing"
-                } else {
-                    "PieMountProbeFailingOnNode"
-                };
                 if fault.firing_ms.is_none()
-                    && alerts.iter().any(|a| {
-                        a.name == alert
-                            && a.state == "firing"
-                            && a.labels.get("pie_probe_name") == Some(&fault.probe)
-                    })
+                    && !fault.firing_before
+                    && fires.contains(&fault.probe)
                 {
                     fault.firing_ms = Some(now);
                 }
-                if fault.firing_ms.is_none() {
+                if fault.firing_ms.is_none() && !fault.firing_before {
                     open += 1;
                 }
             }
@@ -597,6 +590,10 @@ async fn detect(f: &Flags) {
                 if missing > 0 {
                     line.push_str(&format!(", {missing} not seen"));
                 }
+                let before = these.iter().filter(|f| f.firing_before).count();
+                if before > 0 {
+                    line.push_str(&format!(" ({before} firing before their fault)"));
+                }
                 line
             };
             say(format!("  {kind} fault, probeThreshold {threshold}:"));
@@ -618,14 +615,34 @@ async fn detect(f: &Flags) {
     cluster.stop();
 }
 
-/// The PieProbes with at least one late probe of `metric` in VictoriaMetrics.
-async fn failing(s: &Scenario, metric: &str) -> Vec<String> {
-    s.series(&format!(r#"{metric}{{on_time="false"}}"#))
+/// Late probes of `metric` in VictoriaMetrics, by PieProbe.
+async fn late_counts(s: &Scenario, metric: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for series in s.series(&format!(r#"{metric}{{on_time="false"}}"#)).await {
+        if let Some(probe) = series.metric.get("pie_probe_name") {
+            *out.entry(probe.clone()).or_default() += series.counter_increase();
+        }
+    }
+    out
+}
+
+/// The PieProbes for which `alert` fires in vmalert now.
+async fn firing(s: &Scenario, alert: &str) -> Vec<String> {
+    s.alerts()
         .await
-        .iter()
-        .filter(|series| series.counter_increase() > 0.0)
-        .filter_map(|series| series.metric.get("pie_probe_name").cloned())
+        .into_iter()
+        .filter(|a| a.name == alert && a.state == "firing")
+        .filter_map(|a| a.labels.get("pie_probe_name").cloned())
         .collect()
+}
+
+/// The metric of `kind`'s late probes and the alert that says so.
+fn metric_and_alert(kind: &str) -> (&'static str, &'static str) {
+    if kind == "provision" {
+        ("pie_provision_probe_total", "PieProvisionProbeFailing")
+    } else {
+        ("pie_mount_probe_total", "PieMountProbeFailingOnNode")
+    }
 }
 
 /// Breaks every probe's StorageClass or node (`command` of the StorageClass and the node) at
@@ -638,13 +655,24 @@ async fn inject<'a>(
 ) -> Vec<Fault> {
     let step = Duration::from_millis(60_000 / probes.len().max(1) as u64);
     let mut out = Vec::new();
+    let (metric, alert) = metric_and_alert(kind);
     for (probe, node, sc, threshold_ms) in probes {
+        // What was late, and firing, before: healthy probes can be late at a small threshold
+        // on a loaded machine; only what comes after the fault is its detection.
+        let late_before = late_counts(s, metric)
+            .await
+            .get(probe)
+            .copied()
+            .unwrap_or(0.0);
+        let firing_before = firing(s, alert).await.contains(probe);
         let args = command(sc, node);
         s.cluster.kubectl_ok(&args);
         out.push(Fault {
             probe: probe.clone(),
             threshold_ms: *threshold_ms,
             injected_ms: now_millis(),
+            late_before,
+            firing_before,
             decidable_ms: None,
             in_vm_ms: None,
             firing_ms: None,
