@@ -556,9 +556,7 @@ async fn detect(f: &Flags) {
                 {
                     fault.in_vm_ms = Some(now);
                 }
-                if fault.firing_ms.is_none()
-                    && !fault.firing_before
-                    && fires.contains(&fault.probe)
+                if fault.firing_ms.is_none() && !fault.firing_before && fires.contains(&fault.probe)
                 {
                     fault.firing_ms = Some(now);
                 }
