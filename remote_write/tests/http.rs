@@ -13,6 +13,12 @@ fn series(name: &str) -> Series {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The port of `http://127.0.0.1:PORT/...`.
+fn port_of(url: &str) -> u16 {
+    let (_, rest) = url.rsplit_once(':').unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn sends_exact_protocol_headers_and_rotated_bearer_tokens() {
     let rx = Receiver::start().await;
@@ -129,15 +135,7 @@ async fn too_many_requests_honours_retry_after() {
 #[tokio::test]
 async fn connection_refused_then_server_up_delivers_everything() {
     let url = dead_url();
-    let port: u16 = url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = port_of(&url);
     let client = Client::new(fast_config(&[url])).unwrap();
     let s = series("a");
     for i in 0..50 {
@@ -380,15 +378,7 @@ async fn shutdown_retries_soon_an_endpoint_in_a_long_backoff() {
     // second into a 5 s shutdown window: the queued samples must reach it within the window,
     // not wait for a retry scheduled after it.
     let url = dead_url();
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = port_of(&url);
     let mut config = fast_config(&[url]);
     config.retry.min_delay = Duration::from_secs(30);
     config.retry.max_delay = Duration::from_secs(30);

@@ -86,6 +86,18 @@ fn a_step_returns_its_decisions_and_records_nothing_of_them_yet() {
     assert_eq!(tracker.tracked(), 1);
 }
 
+/// Answers the status apply of PieProbe `p`'s mount outcome; returns its body.
+async fn expect_mount_status(api: &mut ApiServerVerifier) -> serde_json::Value {
+    api.expect(
+        Method::PATCH,
+        "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
+        json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
+               "metadata": {"name": "p", "namespace": "pie"},
+               "spec": {"monitoringStorageClass": "sc"}}),
+    )
+    .await
+}
+
 fn outcome(uid: &str, result: &'static str) -> Decision {
     Decision {
         uid: uid.into(),
@@ -151,14 +163,7 @@ async fn the_status_is_written_at_once_only_when_the_result_changes() {
         status,
         outcome("u2", "Late"),
     ));
-    api.expect(
-        Method::PATCH,
-        "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
-        json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
-               "metadata": {"name": "p", "namespace": "pie"},
-               "spec": {"monitoringStorageClass": "sc"}}),
-    )
-    .await;
+    expect_mount_status(&mut api).await;
     task.await.unwrap();
 }
 
@@ -218,14 +223,7 @@ async fn a_decision_is_recorded_once_the_pod_is_marked() {
     .await;
     assert_eq!(total(), Some(Value::Scalar(1.0)));
     assert!(counted.contains("u1"));
-    api.expect(
-        Method::PATCH,
-        "/apis/pie.topolvm.io/v1alpha1/namespaces/pie/pieprobes/p/status?&force=true&fieldManager=pie-controller-mount-outcome",
-        json!({"apiVersion": "pie.topolvm.io/v1alpha1", "kind": "PieProbe",
-               "metadata": {"name": "p", "namespace": "pie"},
-               "spec": {"monitoringStorageClass": "sc"}}),
-    )
-    .await;
+    expect_mount_status(&mut api).await;
     task.await.unwrap();
 }
 

@@ -64,9 +64,16 @@ pub fn labels(probe: &str, storage_class: &str, node: Option<&str>) -> BTreeMap<
     labels
 }
 
-/// Seconds a probe Job may run: ends stuck probes before the next one is due.
-pub fn active_deadline_seconds(period_minutes: i32) -> i64 {
-    (i64::from(period_minutes) * 60 - 10).max(30)
+/// Seconds a probe Job may run: ends stuck probes before the next one is due, but never before
+/// the probe's threshold has decided it (plus 15 s for the controller to count it). A Pod the
+/// deadline removed before its threshold passed was never counted: at the defaults
+/// (`probePeriod: 1`, `probeThreshold: 1m`, a 50 s deadline) no failure to start was ever
+/// counted (found by the cluster bench's detect phase). A failing probe whose deadline outlasts
+/// the period makes the next run skip (`concurrencyPolicy: Forbid`); a healthy one ends in
+/// seconds.
+pub fn active_deadline_seconds(period_minutes: i32, threshold: std::time::Duration) -> i64 {
+    let before_next = (i64::from(period_minutes) * 60 - 10).max(30);
+    before_next.max(threshold.as_secs() as i64 + 15)
 }
 
 fn meta(probe: &PieProbe, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -185,6 +192,17 @@ fn pod_spec(
     }
 }
 
+/// The PieProbe's probeThreshold (validated by the plan; 1m if it does not parse).
+fn threshold(probe: &PieProbe) -> std::time::Duration {
+    std::str::FromStr::from_str(&probe.spec.probe_threshold)
+        .ok()
+        .filter(|d: &kube::core::Duration| !d.is_negative())
+        .map_or(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from,
+        )
+}
+
 fn cron_job(
     probe: &PieProbe,
     name: String,
@@ -208,7 +226,10 @@ fn cron_job(
                 }),
                 spec: Some(JobSpec {
                     backoff_limit: Some(0),
-                    active_deadline_seconds: Some(active_deadline_seconds(probe.spec.probe_period)),
+                    active_deadline_seconds: Some(active_deadline_seconds(
+                        probe.spec.probe_period,
+                        threshold(probe),
+                    )),
                     template: PodTemplateSpec {
                         metadata: Some(ObjectMeta {
                             labels: Some(labels),

@@ -121,6 +121,14 @@ fn mount_cron_job_content() {
     let job = spec.job_template.spec.as_ref().unwrap();
     assert_eq!(job.backoff_limit, Some(0));
     assert_eq!(job.active_deadline_seconds, Some(7 * 60 - 10));
+    // The deadline never ends a probe before its threshold decides it: at the defaults
+    // (period 1, threshold 1m) the 50 s deadline removed every never-starting Pod uncounted.
+    use super::objects::active_deadline_seconds;
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(active_deadline_seconds(1, secs(60)), 75);
+    assert_eq!(active_deadline_seconds(1, secs(20)), 50);
+    assert_eq!(active_deadline_seconds(5, secs(60)), 290);
+    assert_eq!(active_deadline_seconds(1, secs(1)), 50);
 
     let labels = pod_labels(&cj);
     for (k, v) in [
