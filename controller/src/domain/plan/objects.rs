@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::outcome::observe::parse_threshold_ms;
+
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EphemeralVolumeSource,
@@ -194,13 +196,8 @@ fn pod_spec(
 
 /// The PieProbe's probeThreshold (validated by the plan; 1m if it does not parse).
 fn threshold(probe: &PieProbe) -> std::time::Duration {
-    std::str::FromStr::from_str(&probe.spec.probe_threshold)
-        .ok()
-        .filter(|d: &kube::core::Duration| !d.is_negative())
-        .map_or(
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from,
-        )
+    let ms = parse_threshold_ms(&probe.spec.probe_threshold).unwrap_or(60_000);
+    std::time::Duration::from_millis(ms.unsigned_abs())
 }
 
 fn cron_job(
