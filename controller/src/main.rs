@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Reconcile PieProbes into probe CronJobs and PVCs.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the objects `run` would apply for PieProbes and Nodes read from files.
     Plan(PlanArgs),
     /// Print the PieProbe CustomResourceDefinition as YAML.
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_logs();
-            tokio::runtime::Runtime::new()?.block_on(apps::run::run(args))?;
+            tokio::runtime::Runtime::new()?.block_on(apps::run::run(*args))?;
         }
         Command::Receive(args) => {
             init_logs();
@@ -153,6 +153,10 @@ mod tests {
             "http://c",
             "--health-addr",
             "127.0.0.1:9",
+            "--kube-qps",
+            "20",
+            "--kube-burst",
+            "30",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -163,6 +167,7 @@ mod tests {
         assert_eq!(args.probe.image_pull_secrets, ["s1", "s2"]);
         assert_eq!(args.probe.config().agent_image, "img");
         assert_eq!(args.health_addr, "127.0.0.1:9");
+        assert_eq!((args.kube.kube_qps, args.kube.kube_burst), (20.0, 30));
 
         let Command::Run(defaults) = Cli::try_parse_from(["pie-controller", "run"])
             .unwrap()
@@ -173,5 +178,9 @@ mod tests {
         assert!(defaults.leader_elect);
         assert!(defaults.namespaces.is_empty());
         assert_eq!(defaults.health_addr, ":8081");
+        assert_eq!(
+            (defaults.kube.kube_qps, defaults.kube.kube_burst),
+            (100.0, 200)
+        );
     }
 }

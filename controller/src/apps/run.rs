@@ -17,6 +17,7 @@ use crate::http::auth::TokenReviewAuth;
 use crate::http::health::{self, Health};
 use crate::http::listen::{self, ListenError};
 use crate::http::results::{self, Receiver, Targets};
+use crate::k8s::client::{self, ClientArgs};
 use crate::k8s::controllers::{self, Handles, RunOptions};
 use crate::metrics::push::{PushArgs, Pusher};
 use crate::metrics::store::Store;
@@ -51,6 +52,8 @@ pub struct RunArgs {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub push: PushArgs,
+    #[command(flatten)]
+    pub kube: ClientArgs,
 }
 
 /// Why `run` stopped with an error.
@@ -96,9 +99,15 @@ impl Targets for ManagedTargets {
 /// Runs until SIGTERM/SIGINT (Ok) or the loss of leadership (Err: the process exits and
 /// restarts as a follower); then delivers what is queued (at most 10 s).
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = kube::Client::try_default()
+    let clients = client::connect(&args.kube)
         .await
         .map_err(RunError::Connect)?;
+    let client = clients.api.clone();
+    info!(
+        qps = args.kube.kube_qps,
+        burst = args.kube.kube_burst,
+        "Kubernetes API client (qps 0: no client-side limit)"
+    );
     let health = Arc::new(Health::default());
     let handles = Handles::default();
     let pusher = Pusher::new(&args.push, Arc::new(Store::new())).map_err(RunError::RemoteWrite)?;
@@ -152,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             .unwrap_or_else(|| "pie-controller".into()),
     };
     let outcome = controllers::run(
-        client,
+        clients,
         args.probe.config(),
         options,
         health,

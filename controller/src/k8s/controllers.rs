@@ -25,6 +25,7 @@ use crate::domain::outcome::observe::{ProbeIndex, parse_threshold_ms};
 use crate::domain::plan::{self, EligibilityMap, NodeEligibility};
 use crate::error::{Error, Result};
 use crate::http::health::Health;
+use crate::k8s::client::Clients;
 use crate::k8s::leader;
 use crate::k8s::reconcile::{self, Context, Stores};
 use crate::k8s::tracker;
@@ -224,16 +225,17 @@ enum TermEnd {
 /// until it can lead again: the process does not exit. Readiness follows the Lease and whether
 /// the API server answers.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     config: plan::Config,
     options: RunOptions,
     health: Arc<Health>,
     handles: Handles,
     pusher: Pusher,
 ) -> Result<()> {
+    let client = clients.api;
     let lease = options.leader_elect.then(|| {
         leader::elect(
-            client.clone(),
+            clients.lease,
             leader::Candidate {
                 name: options.lease_name.clone(),
                 namespace: options.lease_namespace.clone(),
@@ -544,6 +546,7 @@ where
         + 'static,
 {
     by_label(api, &probe_objects_selector())
+        .modify(|object| plan::strip_cached_meta(&mut object.metadata))
         .reflect(writer)
         .touched_objects()
         .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())

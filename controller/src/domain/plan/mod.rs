@@ -435,6 +435,20 @@ impl Existing {
     }
 }
 
+/// Drops from the cached metadata of a CronJob or PVC what the reconciler never reads (it
+/// reads name, namespace, uid, resourceVersion, generation, labels, ownerReferences,
+/// deletionTimestamp and pie's desired-hash annotation). `managedFields` is most of an object's
+/// metadata: a server-side applied CronJob carries the field set of its whole spec, twice once
+/// kube-controller-manager writes its status. At 5,000 nodes x 3 PieProbes the controller holds
+/// 30,000 of these.
+pub fn strip_cached_meta(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == labels::ANNOTATION_DESIRED_HASH);
+    }
+}
+
 /// The objects among `existing` that `probe` controls but no longer wants. Objects controlled by
 /// something else are never deleted. With a blocked plan nothing is deleted.
 pub fn stale<'a>(

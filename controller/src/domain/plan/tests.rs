@@ -700,3 +700,47 @@ fn duplicate_and_unnamed_nodes_are_ignored() {
     let got: Vec<_> = p.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(got, ["a", "b"]);
 }
+
+#[test]
+fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    let probe = PieProbeBuilder::new("p", "sc").build();
+    let p = plan(&probe, &[NodeBuilder::new("a").build()], true, &config()).unwrap();
+    let desired = p.desired_cron_jobs().next().unwrap();
+    let mut meta = desired.build().metadata;
+    meta.uid = Some("uid-cj".into());
+    meta.resource_version = Some("42".into());
+    meta.generation = Some(3);
+    meta.finalizers = Some(vec!["example.com/keep".into()]);
+    meta.annotations
+        .get_or_insert_default()
+        .insert("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into());
+    meta.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("pie-controller".into()),
+        operation: Some("Apply".into()),
+        fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:schedule": {}}}))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let before = meta.clone();
+
+    strip_cached_meta(&mut meta);
+
+    assert_eq!(meta.managed_fields, None);
+    assert_eq!(meta.finalizers, None);
+    assert_eq!(
+        meta.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(),
+        [labels::ANNOTATION_DESIRED_HASH],
+        "only pie's desired-hash annotation stays"
+    );
+    assert_eq!(
+        meta.annotations.as_ref().unwrap()[labels::ANNOTATION_DESIRED_HASH],
+        desired.hash,
+        "a skipped apply still sees the hash"
+    );
+    assert_eq!(Existing::from_meta(&meta), Existing::from_meta(&before));
+    assert_eq!(
+        (&meta.name, &meta.namespace, &meta.labels, &meta.generation),
+        (&before.name, &before.namespace, &before.labels, &before.generation)
+    );
+    assert_eq!(meta.owner_references, before.owner_references);
+}
