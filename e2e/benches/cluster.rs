@@ -83,9 +83,24 @@ struct Flags {
     /// Detect: minutes to wait for every alert to fire.
     #[arg(long, default_value_t = 25)]
     detect_timeout_minutes: u64,
+    /// pie-controller's client-side rate limit (its `--kube-qps`; 0: none), in every phase.
+    #[arg(long, default_value_t = 100.0)]
+    kube_qps: f64,
+    /// pie-controller's `--kube-burst`, in every phase.
+    #[arg(long, default_value_t = 200)]
+    kube_burst: u32,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// A scenario whose controller has the bench's `--kube-qps` and `--kube-burst`.
+async fn start(cluster: &'static TestCluster, name: &str, f: &Flags) -> Scenario {
+    let limit = [
+        format!("--kube-qps={}", f.kube_qps),
+        format!("--kube-burst={}", f.kube_burst),
+    ];
+    Scenario::start_with(cluster, name, |o| o.extra_args.extend(limit)).await
 }
 
 /// Every node: the PieProbes of `steady` and `size` select all of them.
@@ -225,7 +240,7 @@ async fn steady(f: &Flags) {
     options.recorded_fio = true;
     options.ready_timeout = Duration::from_secs(600);
     let cluster = cluster(options);
-    let s = Scenario::start(cluster, "steady").await;
+    let s = start(cluster, "steady", f).await;
     let ledger = PodLedger::start(s.client.clone(), &s.namespace).await;
     for i in 0..f.steady_probes {
         s.create_probe(
@@ -352,7 +367,7 @@ async fn size(f: &Flags) {
     options.disabled_controllers = vec!["cronjob-controller".into()];
     options.ready_timeout = Duration::from_secs(1800);
     let cluster = cluster(options);
-    let mut s = Scenario::start(cluster, "size").await;
+    let mut s = start(cluster, "size", f).await;
     let pid = s.controller.pid();
     let (t0, cpu0) = (now_millis(), cpu_seconds(pid).unwrap_or(0.0));
     for i in 0..f.size_probes {
@@ -370,11 +385,13 @@ async fn size(f: &Flags) {
     let created = cluster.audit_requests(CONTROLLER_USER, t0, t1);
     say(format!(
         "  PieProbes created -> every CronJob ({}) and PVC ({}) exists: {:.1} s; controller CPU {:.1} s; \
-         client rate limit: none (kube-rs has no client-side QPS/burst limiter); load {}",
+         client rate limit --kube-qps {} --kube-burst {}; load {}",
         f.size_probes * (f.size_nodes + 1),
         f.size_probes * f.size_nodes,
         took.as_secs_f64(),
         cpu1 - cpu0,
+        f.kube_qps,
+        f.kube_burst,
         load()
     ));
     print_tally(&created, None);
@@ -487,7 +504,7 @@ async fn detect(f: &Flags) {
     options.recorded_fio = true;
     options.ready_timeout = Duration::from_secs(600);
     let cluster = cluster(options);
-    let s = Scenario::start(cluster, "detect").await;
+    let s = start(cluster, "detect", f).await;
     let ledger = PodLedger::start(s.client.clone(), &s.namespace).await;
     let mut probes = Vec::new();
     for (t, threshold) in thresholds.iter().enumerate() {

@@ -347,8 +347,9 @@ async fn lead(
     let (nodes, node_writer) = reflector::store();
     let (storage_classes, sc_writer) = reflector::store();
     let (nodes_listed, nodes_listed_rx) = tokio::sync::watch::channel(false);
+    let (classes_listed, classes_listed_rx) = tokio::sync::watch::channel(false);
     // The watches of this term end with it.
-    let term_tasks = [
+    let mut term_tasks = vec![
         tokio::spawn(watch_nodes(
             Api::all(client.clone()),
             node_writer,
@@ -359,6 +360,7 @@ async fn lead(
             Api::all(client.clone()),
             sc_writer,
             tx.clone(),
+            classes_listed,
         )),
     ];
     *handles.nodes.write().unwrap_or_else(|e| e.into_inner()) = Some(nodes.clone());
@@ -375,18 +377,30 @@ async fn lead(
             instance: Some(options.identity.clone()),
         },
     );
-    let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> = vec![
-        listed(nodes_listed_rx.clone(), "Node"),
-        ready(storage_classes.clone()),
-    ];
+    let mut to_sync: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
     let mut controllers = Vec::new();
     // Outcomes need the PieProbes (thresholds) and the Nodes (eligibility) before the first
     // probe Pod is looked at.
-    let mut probes_ready = vec![listed(nodes_listed_rx, "Node")];
+    let mut probes_ready = vec![listed(nodes_listed_rx.clone(), "Node")];
     for scope in scopes.clone() {
         let ns = scope.as_deref();
         let (cron_jobs, cj_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
+        // Reconciles wait for the first list of every cache they read. Before it, a missing
+        // CronJob or PVC looks like one to create (the real API server showed 78 needless
+        // applies after a restart at 5,000 nodes, while the PVC list was still paging) and a
+        // node not listed yet like one whose objects are stale.
+        let (caches_synced, caches_synced_rx) = tokio::sync::watch::channel(false);
+        let caches = [
+            listed(nodes_listed_rx.clone(), "Node"),
+            listed(classes_listed_rx.clone(), "StorageClass"),
+            ready(cron_jobs.clone()),
+            ready(pvcs.clone()),
+        ];
+        term_tasks.push(tokio::spawn(async move {
+            futures::future::join_all(caches).await;
+            caches_synced.send_replace(true);
+        }));
         let stores = Stores {
             nodes: nodes.clone(),
             storage_classes: storage_classes.clone(),
@@ -401,7 +415,8 @@ async fn lead(
                 recorder.clone(),
                 handles.eligibility.clone(),
             )
-            .notify_plans_to(handles.plan_changed.clone()),
+            .notify_plans_to(handles.plan_changed.clone())
+            .after_caches_synced(caches_synced_rx.clone()),
         );
         // The PieProbe reflector is ours, not Controller::new's, so that its readiness has a
         // signal of its own: the Controller already waits on the store (it holds its runner
@@ -429,8 +444,7 @@ async fn lead(
             .push(probes.clone());
         to_sync.extend([
             listed(probes_synced_rx.clone(), "PieProbe"),
-            ready(cron_jobs),
-            ready(pvcs),
+            listed(caches_synced_rx, "probe objects, Nodes, StorageClasses"),
         ]);
         probes_ready.push(listed(probes_synced_rx, "PieProbe"));
         let shutdown = stopped();
@@ -604,11 +618,15 @@ async fn watch_storage_classes(
     api: Api<PartialObjectMeta<StorageClass>>,
     mut writer: Writer<PartialObjectMeta<StorageClass>>,
     tx: broadcast::Sender<Trigger>,
+    listed: tokio::sync::watch::Sender<bool>,
 ) {
     let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
     logged(events, "storage classes")
         .for_each(|event| {
             writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                listed.send_replace(true);
+            }
             if let watcher::Event::Apply(sc)
             | watcher::Event::Delete(sc)
             | watcher::Event::InitApply(sc) = &event

@@ -64,6 +64,9 @@ pub struct Context {
     legacy_pods: Mutex<BTreeSet<(String, String)>>,
     /// Notified when a PieProbe's node eligibility changes (see [`Context::notify_plans_to`]).
     plan_changed: Arc<tokio::sync::Notify>,
+    /// True once every cache in [`Stores`] has its first list (see
+    /// [`Context::after_caches_synced`]).
+    caches_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Context {
@@ -92,7 +95,17 @@ impl Context {
             failures: Mutex::default(),
             legacy_pods: Mutex::default(),
             plan_changed: Arc::default(),
+            caches_synced: tokio::sync::watch::channel(true).1,
         }
+    }
+
+    /// Holds every reconcile until `synced` is true: the first list of every cache in
+    /// [`Stores`]. Until then an object not listed yet would look missing (an apply that
+    /// changes nothing) and a node not listed yet like one that is gone (its objects stale).
+    /// Without it (tests fill the caches by hand), reconciles start at once.
+    pub fn after_caches_synced(mut self, synced: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.caches_synced = synced;
+        self
     }
 
     /// Notifies `changed` (one stored permit) whenever a reconcile changes a PieProbe's node
@@ -117,6 +130,16 @@ pub async fn reconcile(probe: Arc<PieProbe>, ctx: Arc<Context>) -> Result<Action
     if probe.metadata.deletion_timestamp.is_some() {
         // Being deleted: the garbage collector removes the owned objects; re-applying them
         // would race it.
+        return Ok(Action::await_change());
+    }
+    if ctx
+        .caches_synced
+        .clone()
+        .wait_for(|synced| *synced)
+        .await
+        .is_err()
+    {
+        // The term ends before its caches were listed: nothing to decide on.
         return Ok(Action::await_change());
     }
     let nodes = ctx.stores.nodes.state();

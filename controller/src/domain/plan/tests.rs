@@ -712,9 +712,10 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
     meta.resource_version = Some("42".into());
     meta.generation = Some(3);
     meta.finalizers = Some(vec!["example.com/keep".into()]);
-    meta.annotations
-        .get_or_insert_default()
-        .insert("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into());
+    meta.annotations.get_or_insert_default().insert(
+        "kubectl.kubernetes.io/last-applied-configuration".into(),
+        "{}".into(),
+    );
     meta.managed_fields = Some(vec![ManagedFieldsEntry {
         manager: Some("pie-controller".into()),
         operation: Some("Apply".into()),
@@ -728,7 +729,11 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
     assert_eq!(meta.managed_fields, None);
     assert_eq!(meta.finalizers, None);
     assert_eq!(
-        meta.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(),
+        meta.annotations
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         [labels::ANNOTATION_DESIRED_HASH],
         "only pie's desired-hash annotation stays"
     );
@@ -740,7 +745,12 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
     assert_eq!(Existing::from_meta(&meta), Existing::from_meta(&before));
     assert_eq!(
         (&meta.name, &meta.namespace, &meta.labels, &meta.generation),
-        (&before.name, &before.namespace, &before.labels, &before.generation)
+        (
+            &before.name,
+            &before.namespace,
+            &before.labels,
+            &before.generation
+        )
     );
     assert_eq!(meta.owner_references, before.owner_references);
 }

@@ -232,6 +232,48 @@ async fn second_reconcile_with_nothing_changed_writes_nothing() {
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 }
 
+/// After a restart or a change of leader the caches list anew; at 5,000 nodes the PVC list
+/// pages for seconds. The real API server showed reconciles that started before it ended:
+/// every CronJob and PVC not listed yet was applied again (78 writes that changed nothing).
+#[tokio::test]
+async fn a_reconcile_waits_for_the_caches_first_list_and_then_writes_nothing() {
+    let probe = probe();
+    let (mut caches, stores) = setup();
+    for n in nodes() {
+        add(&mut caches.nodes, n);
+    }
+    add(&mut caches.storage_classes, storage_class("standard"));
+    let (client, _api) = ApiServerVerifier::new();
+    let recorder = Recorder::new(client.clone(), "pie-controller".into());
+    let (synced, synced_rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(
+        Context::new(client, config(), stores, recorder, Arc::default())
+            .after_caches_synced(synced_rx),
+    );
+    let planned = plan::plan(&probe, &nodes(), true, &config());
+    let mut converged = probe.clone();
+    converged.status = Some(status::desired(&probe, &planned, &Time(Timestamp::now())));
+    let task = tokio::spawn(run(converged, ctx));
+    // The CronJob and PVC lists have not ended: the reconcile must not act on empty caches
+    // (had it applied anything, it would wait on the fake API server and `run` time out).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !task.is_finished(),
+        "reconciled before the caches were listed"
+    );
+
+    let p = planned.unwrap();
+    for cj in p.cron_jobs() {
+        add(&mut caches.cron_jobs, cached(&cj, "10"));
+    }
+    for pvc in p.pvcs() {
+        add(&mut caches.pvcs, cached(&pvc, "11"));
+    }
+    synced.send_replace(true);
+    let action = task.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
 #[tokio::test]
 async fn node_that_stops_matching_loses_its_cron_job_and_pvc_with_preconditions() {
     let (mut caches, stores, probe) = converged(&probe(), &nodes());
