@@ -14,7 +14,7 @@
 //!   controller's periodic requeue, of a restart (a full resync), and of 1 % of the nodes
 //!   flapping Ready/NotReady every 30 s.
 //! - `detect`: F PieProbes, each on a StorageClass and a node of its own, at `probePeriod: 1`
-//!   with the given small threshold and at the default one; each gets a provisioner fault on
+//!   at each of the given thresholds (by default 5 s and the default 1 min); each gets a provisioner fault on
 //!   its StorageClass and a mount fault on its node, injected at moments spread over a probe
 //!   period: from the injection to (a) the first failure being decidable (the first probe Pod
 //!   created after it, plus the threshold), (b) the failure in VictoriaMetrics, (c) the shipped
@@ -76,10 +76,11 @@ struct Flags {
     /// Detect: faults of each kind per threshold.
     #[arg(long, default_value_t = 20)]
     faults: usize,
-    /// Detect: the small threshold (the CRD allows any positive duration shorter than the
-    /// period; below the process kubelet's start latency healthy probes count as late).
-    #[arg(long, default_value = "5s")]
-    small_threshold: String,
+    /// Detect: the probeThresholds measured, each with its own PieProbes: the smallest one
+    /// that works here (the CRD allows any positive duration shorter than the period; below
+    /// the process kubelet's start latency healthy probes count as late) and the default.
+    #[arg(long, value_delimiter = ',', default_values = ["5s", "1m"])]
+    thresholds: Vec<String>,
     /// Detect: minutes to wait for every alert to fire.
     #[arg(long, default_value_t = 25)]
     detect_timeout_minutes: u64,
@@ -335,7 +336,7 @@ async fn steady(f: &Flags) {
 fn millis(threshold: &str) -> i64 {
     let d: kube::core::Duration = threshold
         .parse()
-        .unwrap_or_else(|e| panic!("--small-threshold {threshold}: {e}"));
+        .unwrap_or_else(|e| panic!("--thresholds {threshold}: {e}"));
     std::time::Duration::from(d).as_millis() as i64
 }
 
@@ -493,14 +494,14 @@ struct Fault {
 }
 
 async fn detect(f: &Flags) {
-    let thresholds = [f.small_threshold.clone(), "1m".to_owned()];
+    let thresholds = &f.thresholds;
     let per = f.faults;
     say(format!(
-        "\n== detect: {per} faults of each kind at probePeriod 1 with probeThreshold {} and 1m (load {})",
-        f.small_threshold,
+        "\n== detect: {per} faults of each kind at probePeriod 1 with probeThreshold {} (load {})",
+        thresholds.join(", "),
         load()
     ));
-    let mut options = LocalClusterOptions::new(2 * per);
+    let mut options = LocalClusterOptions::new(thresholds.len() * per);
     options.recorded_fio = true;
     options.ready_timeout = Duration::from_secs(600);
     let cluster = cluster(options);
@@ -592,7 +593,7 @@ async fn detect(f: &Flags) {
         load()
     ));
     for (kind, list) in &faults {
-        for threshold in &thresholds {
+        for threshold in thresholds {
             let th = millis(threshold);
             let these: Vec<&Fault> = list.iter().filter(|f| f.threshold_ms == th).collect();
             let of = |get: fn(&Fault) -> Option<i64>| {
