@@ -415,7 +415,7 @@ async fn a_small_buffer_cap_bounds_the_disk_in_a_long_outage_and_counts_the_drop
     );
     assert!(
         max_rss > 0 && max_rss < 128 << 20,
-        "peak RSS {max_rss} bytes (the Deployment's limit is 256Mi)"
+        "peak RSS {max_rss} bytes (the Deployment's limit is 512Mi)"
     );
 
     // When VictoriaMetrics returns, what the cap kept arrives: the newest results, not the
