@@ -627,8 +627,82 @@ async fn detect(f: &Flags) {
             ));
         }
     }
+    for (kind, list) in &faults {
+        for fault in list.iter().filter(|f| f.firing_ms.is_none()).take(2) {
+            explain_unfired(&s, &ledger, kind, fault).await;
+        }
+    }
     drop(ledger);
     cluster.stop();
+}
+
+/// What VictoriaMetrics and the Pod ledger hold for a fault whose alert never fired: the
+/// counters the rules read, as (minutes after the injection, increase so far) at each change,
+/// and the probe Pods since the injection.
+async fn explain_unfired(s: &Scenario, ledger: &PodLedger, kind: &str, fault: &Fault) {
+    let (metric, alert) = metric_and_alert(kind);
+    say(format!(
+        "  why {alert} did not fire for {} ({kind} fault injected at {}):",
+        fault.probe, fault.injected_ms
+    ));
+    let minutes = |t: i64| (t - fault.injected_ms) as f64 / 60_000.0;
+    let selectors = [
+        format!(r#"{metric}{{pie_probe_name="{}"}}"#, fault.probe),
+        format!(
+            r#"pie_probe_failures_total{{probe="{kind}",pie_probe_name="{}"}}"#,
+            fault.probe
+        ),
+        format!(r#"pie_node_eligible{{pie_probe_name="{}"}}"#, fault.probe),
+    ];
+    for selector in &selectors {
+        for series in s.series(selector).await {
+            let labels: Vec<String> = series
+                .metric
+                .iter()
+                .filter(|(k, _)| ["__name__", "on_time", "reason", "succeed"].contains(&k.as_str()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut changes = Vec::new();
+            let mut previous: Option<f64> = None;
+            for (t, v) in series.timestamps.iter().zip(&series.values) {
+                if v.is_nan() || previous == Some(*v) {
+                    continue;
+                }
+                previous = Some(*v);
+                changes.push(format!("{:.1}m:{v}", minutes(*t)));
+            }
+            let shown = changes.len().saturating_sub(12);
+            say(format!(
+                "    {}: {}",
+                labels.join(","),
+                changes[shown..].join(" ")
+            ));
+        }
+    }
+    let mut records: Vec<_> = ledger
+        .records()
+        .into_values()
+        .filter(|r| r.pie_probe == fault.probe && r.probe == kind)
+        .filter(|r| r.created_ms >= fault.injected_ms - 60_000)
+        .collect();
+    records.sort_by_key(|r| r.created_ms);
+    let pods: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.1}m{}{}",
+                minutes(r.created_ms),
+                r.started_ms
+                    .map(|t| format!(" started +{:.0}s", (t - r.created_ms) as f64 / 1000.0))
+                    .unwrap_or_default(),
+                if r.deleted { " gone" } else { "" }
+            )
+        })
+        .collect();
+    say(format!(
+        "    {kind} probe Pods since a minute before: {}",
+        pods.join(", ")
+    ));
 }
 
 /// Late probes of `metric` in VictoriaMetrics, by PieProbe.
