@@ -29,15 +29,6 @@ pub struct ClientArgs {
     pub kube_burst: u32,
 }
 
-impl Default for ClientArgs {
-    fn default() -> Self {
-        Self {
-            kube_qps: 100.0,
-            kube_burst: 200,
-        }
-    }
-}
-
 impl ClientArgs {
     /// The limit as tower's fixed-window rate: `burst` requests per `burst / qps` seconds;
     /// `None` for no limit.
@@ -108,13 +99,6 @@ mod tests {
     fn flags_and_their_bad_values() {
         let d = parse(&[]).unwrap();
         assert_eq!((d.kube_qps, d.kube_burst), (100.0, 200));
-        assert_eq!(
-            (
-                ClientArgs::default().kube_qps,
-                ClientArgs::default().kube_burst
-            ),
-            (d.kube_qps, d.kube_burst)
-        );
         let set = parse(&["--kube-qps", "12.5", "--kube-burst", "25"]).unwrap();
         assert_eq!((set.kube_qps, set.kube_burst), (12.5, 25));
         assert!(parse(&["--kube-qps", "0"]).unwrap().layer().is_none());

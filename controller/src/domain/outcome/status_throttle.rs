@@ -24,7 +24,7 @@ struct Entry<A> {
     pending: Option<(String, A)>,
 }
 
-impl<K: Hash + Eq + Clone, A> StatusThrottle<K, A> {
+impl<K: Hash + Eq, A> StatusThrottle<K, A> {
     /// Writes of one key at most once per `every` (in ms), except when the result changes.
     pub fn new(every_ms: i64) -> StatusThrottle<K, A> {
         StatusThrottle {
@@ -36,31 +36,23 @@ impl<K: Hash + Eq + Clone, A> StatusThrottle<K, A> {
     /// An outcome with `result` for `key` at `now_ms`: `Some(write)` to carry out now, or
     /// `None` when it waits for [`StatusThrottle::due`] (replacing any earlier waiting one).
     pub fn offer(&mut self, key: K, result: &str, write: A, now_ms: i64) -> Option<A> {
-        match self.entries.get_mut(&key) {
-            Some(e) if e.result == result && now_ms - e.written_ms < self.every_ms => {
-                e.pending = Some((result.to_owned(), write));
-                None
-            }
-            Some(e) => {
-                *e = Entry {
-                    written_ms: now_ms,
-                    result: result.to_owned(),
-                    pending: None,
-                };
-                Some(write)
-            }
-            None => {
-                self.entries.insert(
-                    key,
-                    Entry {
-                        written_ms: now_ms,
-                        result: result.to_owned(),
-                        pending: None,
-                    },
-                );
-                Some(write)
-            }
+        if let Some(e) = self.entries.get_mut(&key)
+            && e.result == result
+            && now_ms - e.written_ms < self.every_ms
+        {
+            e.pending = Some((result.to_owned(), write));
+            return None;
         }
+        // The first outcome of its key, a changed result, or the last write `every` old.
+        self.entries.insert(
+            key,
+            Entry {
+                written_ms: now_ms,
+                result: result.to_owned(),
+                pending: None,
+            },
+        );
+        Some(write)
     }
 
     /// The waiting writes whose key was last written `every` ago or more, now counted as
