@@ -6,9 +6,12 @@
 //! show the last lines and a passing test stays quiet.
 
 use std::fs::File;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http_client;
@@ -31,13 +34,51 @@ pub fn find_binary(binary: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, handed out once per test process.
+///
+/// Ports come from [`PORT_RANGE`] below the kernel's ephemeral range, never from `bind(0)`:
+/// a port the kernel picks for `bind(0)` or for an outgoing connection is one it may pick again
+/// for another process between this check and the child's bind (CI saw a controller fail with
+/// "Address already in use" that way). Here the kernel never picks, and the per-process counter
+/// never hands a port out twice; `pie-cluster` picks its ports from a range of its own.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind an ephemeral loopback port")
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = port_range();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| {
+        // A random start, so that two test processes running at once walk different ports.
+        AtomicU32::new((RandomState::new().build_hasher().finish() % u64::from(span)) as u32)
+    });
+    for _ in 0..span {
+        let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}")
 }
+
+/// Where [`free_port`] looks: ports [`PORT_RANGE`] up to the first port of the kernel's
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+fn port_range() -> (u16, u16) {
+    let (low, default_high) = PORT_RANGE;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(default_high)
+        .min(default_high);
+    assert!(
+        high > low + 1000,
+        "the ephemeral port range starts at {high}: free_port needs ports {low}..{default_high} \
+         outside it (sysctl net.ipv4.ip_local_port_range)"
+    );
+    (low, high)
+}
+
+/// The ports the test harnesses use: from 20000 up to the kernel's ephemeral range (32768 on
+/// Linux by default). `pie-cluster` uses 10000..16000, the scripts (`scripts/lib/ports.py`)
+/// 16000..20000.
+const PORT_RANGE: (u16, u16) = (20000, 32768);
 
 /// A child process that is killed and reaped on drop. Its output goes to a log file that is
 /// printed when the process fails to become ready.

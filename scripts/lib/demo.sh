@@ -28,7 +28,7 @@ die() {
   echo "demo: $*" >&2
   exit 1
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { python3 "$(dirname "${BASH_SOURCE[0]}")/ports.py"; }
 
 # A background process must not hold the cluster's stdin pipe (scripts/demo.sh, DEMO_CLUSTER_FD):
 # the cluster stops when the demo's end closes it, whoever else is still running.

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metrics_doc import ROOT, documented, documented_labels  # noqa: E402
-from vm_alert_replay import free_port, http  # noqa: E402
+from ports import free_port  # noqa: E402
+from vm_alert_replay import http  # noqa: E402
 
 VALUES = {"cluster": "c1", "pie_probe_name": "p", "storage_class": "sc", "node": "n1",
           "probe": "mount", "reason": "FailedMount", "on_time": "true", "succeed": "true",

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -407,14 +409,29 @@ func (s *supervisor) waitFor(ctx context.Context, what string, check func(contex
 	}
 }
 
-// freePort asks the kernel for a free port on 127.0.0.1.
+// The cluster's ports come from here, below the kernel's ephemeral range (32768 and up by
+// default) and apart from the ranges of pie's scripts (16000..20000) and Rust test harness
+// (20000..32768): a port the kernel picks for net.Listen(":0") or for an outgoing connection may
+// be picked again, for another process, before the component that was meant to have it binds it.
+const portLow, portHigh = 10000, 16000
+
+// nextPort walks the range from a random start, so that two clusters started at once (the tests
+// run several) take different ports.
+var nextPort atomic.Uint32
+
+func init() { nextPort.Store(rand.Uint32N(portHigh - portLow)) }
+
+// freePort returns a port of the range that is free on 127.0.0.1 now and that this process has
+// not handed out before.
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range portHigh - portLow {
+		port := portLow + int(nextPort.Add(1)%(portHigh-portLow))
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			return port, ln.Close()
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port on 127.0.0.1 in %d..%d", portLow, portHigh)
 }
 
 func portFree(port int) error {
