@@ -283,3 +283,24 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let (low, high) = port_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        for port in ports {
+            assert!((low..high).contains(&port), "{port} outside {low}..{high}");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is still free");
+        }
+    }
+}
