@@ -2,6 +2,7 @@
 //! probes find to remote write. The subcommands are composed in `pie_controller::apps`.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -49,8 +50,32 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and its causes on one line, each said once: pie's error types already end their message
+/// with their source's, anyhow's contexts (`reading FILE`) do not.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Crd => print!("{}", crd::crd_yaml()?),
         Command::Plan(args) => {
             let classes = args.storage_classes.as_deref().map(read).transpose()?;
@@ -89,6 +114,21 @@ fn init_logs() {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn an_error_is_one_line_that_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("binding on 127.0.0.1:1: {0}")]
+        struct Bind(#[source] std::io::Error);
+        let in_use = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(Bind(in_use)).context("starting");
+        assert_eq!(
+            one_line(&e),
+            "starting: binding on 127.0.0.1:1: Address already in use"
+        );
+        let e = anyhow::anyhow!("line one\nline two").context("reading f");
+        assert_eq!(one_line(&e), "reading f: line one line two");
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -177,7 +177,7 @@ mod tests {
         ]);
         let err = run(args, async {}).await.unwrap_err();
         assert!(matches!(err, ReceiveError::RemoteWrite(_)), "{err:?}");
-        // main prints it with anyhow, which adds every `source` as a "Caused by" line.
+        // main prints one line of the causes not yet said; a `source` here would add nothing.
         assert!(std::error::Error::source(&err).is_none(), "{err:?}");
         let text = err.to_string();
         assert_eq!(text.lines().count(), 1, "{text}");
