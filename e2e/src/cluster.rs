@@ -1011,7 +1011,17 @@ fn controller_process(
     kubeconfig: &Path,
     start: u32,
 ) -> Process {
-    let mut command = Command::new(&pie_binaries().controller);
+    // PIE_E2E_CONTROLLER_WRAPPER: a profiler to run the controller under, e.g. `heaptrack -o
+    // /tmp/pie-controller` (split at whitespace; the environment below is cleared for it too).
+    let wrapper = std::env::var("PIE_E2E_CONTROLLER_WRAPPER").unwrap_or_default();
+    let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&pie_binaries().controller);
+            command
+        }
+        None => Command::new(&pie_binaries().controller),
+    };
     command
         .arg("run")
         .arg(format!("--remote-write-url={}", o.remote_write_url))
