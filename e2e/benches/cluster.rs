@@ -470,12 +470,59 @@ async fn size(f: &Flags) {
         f.size_probes * flapping.len() * (flips as usize + 1)
     ));
     print_tally(&flaps, None);
+    explain_flapping_writes(&writes, &flapping);
     say(format!(
         "  peak RSS over the phase (restarted process): {:.1} MiB; load {}",
         mib(peak_rss_bytes(pid).unwrap_or(0)),
         load()
     ));
     cluster.stop();
+}
+
+/// Prints the flapping window's writes that are not a successful patch of a flapping node's
+/// CronJob (another node's, a refused or retried request), one line each, and how many patches
+/// each flapping CronJob got beyond one per flip.
+fn explain_flapping_writes(writes: &[AuditRequest], flapping: &[String]) {
+    let of_flapping_node = |r: &AuditRequest| {
+        r.name
+            .as_deref()
+            .is_some_and(|n| flapping.iter().any(|node| n.contains(&format!("-{node}-"))))
+    };
+    let mut per_object: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in writes {
+        let expected = r.verb == "patch"
+            && r.resource == "cronjobs"
+            && r.code.is_some_and(|c| (200..300).contains(&c))
+            && of_flapping_node(r);
+        if expected {
+            *per_object
+                .entry(r.name.as_deref().unwrap_or(""))
+                .or_default() += 1;
+        } else {
+            say(format!(
+                "    not a flip: {} {} {} -> {}",
+                r.verb,
+                r.resource,
+                r.name.as_deref().unwrap_or("-"),
+                r.code.map_or("no answer".to_owned(), |c| c.to_string())
+            ));
+        }
+    }
+    let most = per_object.values().copied().max().unwrap_or(0);
+    let over: Vec<String> = per_object
+        .iter()
+        .filter(|&(_, &n)| n != most)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    say(format!(
+        "    flapping CronJobs patched: {}, at most {most} times each; others: {}",
+        per_object.len(),
+        if over.is_empty() {
+            "none".to_owned()
+        } else {
+            over.join(", ")
+        }
+    ));
 }
 
 /// One injected fault and what was seen of it.

@@ -532,6 +532,7 @@ impl TestCluster {
                 (from_ms..to_ms).contains(&at_ms).then(|| AuditRequest {
                     verb: e.verb,
                     resource,
+                    name: o.name,
                     code: e.response_status.and_then(|s| s.code),
                     at_ms,
                 })
@@ -1084,6 +1085,8 @@ pub struct AuditRequest {
     pub verb: String,
     /// The resource, with a subresource as `pods/status`.
     pub resource: String,
+    /// The object's name (none for a LIST or a WATCH).
+    pub name: Option<String>,
     /// The HTTP status of the answer.
     pub code: Option<u16>,
     /// When it was answered (Unix ms).
