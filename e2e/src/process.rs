@@ -42,13 +42,16 @@ pub fn find_binary(binary: &str) -> Option<PathBuf> {
 /// "Address already in use" that way). Here the kernel never picks, and the per-process counter
 /// never hands a port out twice; `pie-cluster` picks its ports from a range of its own.
 pub fn free_port() -> u16 {
-    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
-    let (low, high) = port_range();
-    let span = u32::from(high - low);
-    let next = NEXT.get_or_init(|| {
+    // The range, read once, and the counter walking it.
+    static NEXT: OnceLock<(u16, u16, AtomicU32)> = OnceLock::new();
+    let (low, high, next) = NEXT.get_or_init(|| {
+        let (low, high) = port_range();
         // A random start, so that two test processes running at once walk different ports.
-        AtomicU32::new((RandomState::new().build_hasher().finish() % u64::from(span)) as u32)
+        let start = RandomState::new().build_hasher().finish() % u64::from(high - low);
+        (low, high, AtomicU32::new(start as u32))
     });
+    let (low, high) = (*low, *high);
+    let span = u32::from(high - low);
     for _ in 0..span {
         let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
