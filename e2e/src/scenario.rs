@@ -650,6 +650,9 @@ pub struct PodRecord {
     pub created_ms: i64,
     /// The `probe` container's startedAt, ms.
     pub started_ms: Option<i64>,
+    /// When this watch first saw pie's counted mark (`pie.topolvm.io/counted`) on the Pod, ms
+    /// by the test's clock.
+    pub marked_ms: Option<i64>,
     /// The Pod is gone.
     pub deleted: bool,
 }
@@ -703,6 +706,9 @@ impl PodLedger {
                             if let Some((uid, record)) = record_of(&p) {
                                 let entry = pods.entry(uid).or_insert(record.clone());
                                 entry.started_ms = entry.started_ms.or(record.started_ms);
+                                if record.marked_ms.is_some() && entry.marked_ms.is_none() {
+                                    entry.marked_ms = Some(crate::now_millis());
+                                }
                                 if !record.node.is_empty() {
                                     entry.node = record.node;
                                 }
@@ -816,6 +822,10 @@ fn record_of(pod: &Pod) -> Option<(String, PodRecord)> {
             node,
             created_ms: pod.metadata.creation_timestamp.as_ref()?.0.as_millisecond(),
             started_ms,
+            marked_ms: pod
+                .annotations()
+                .contains_key(pie_api::labels::ANNOTATION_COUNTED)
+                .then(crate::now_millis),
             deleted: false,
         },
     ))
