@@ -15,8 +15,8 @@
 //!   started, or its term of leadership did), so its samples never interleave with the previous
 //!   writer's, even when an outcome is stamped with the (earlier) moment it was decidable.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use remote_write::{Sample, Series};
 
@@ -172,12 +172,46 @@ pub struct FamilySnapshot {
     pub series: Vec<(Vec<String>, Value)>,
 }
 
-type Entries = BTreeMap<Vec<String>, Entry>;
+/// A series' label values, in the order of its family's labels. The strings are shared
+/// through [`Inner::strings`]: the same node, PieProbe and StorageClass names recur in every
+/// family (five series per mount probe at least), so a key costs one small allocation.
+type Key = Box<[Arc<str>]>;
+
+type Entries = BTreeMap<Key, Entry>;
+
+#[derive(Debug)]
+struct Inner {
+    families: Vec<(&'static Family, Entries)>,
+    /// Every label value some key holds, once.
+    strings: HashSet<Arc<str>>,
+}
+
+impl Inner {
+    /// The key of `labels`, its strings shared with the other keys.
+    fn key(&mut self, labels: &[String]) -> Key {
+        labels
+            .iter()
+            .map(|l| match self.strings.get(l.as_str()) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared: Arc<str> = l.as_str().into();
+                    self.strings.insert(shared.clone());
+                    shared
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets the strings no key holds any more.
+    fn forget_unused_strings(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+}
 
 /// The metric store. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Store {
-    families: Mutex<Vec<(&'static Family, Entries)>>,
+    inner: Mutex<Inner>,
     floor_ms: std::sync::atomic::AtomicI64,
 }
 
@@ -191,7 +225,10 @@ impl Store {
     /// An empty store with every family of [`FAMILIES`].
     pub fn new() -> Store {
         Store {
-            families: Mutex::new(FAMILIES.iter().map(|f| (*f, Entries::new())).collect()),
+            inner: Mutex::new(Inner {
+                families: FAMILIES.iter().map(|f| (*f, Entries::new())).collect(),
+                strings: HashSet::new(),
+            }),
             floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
@@ -207,8 +244,8 @@ impl Store {
         self.floor_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static Family, Entries)>> {
-        self.families.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `updates` in order and returns the samples to push now (only for series that
@@ -220,9 +257,9 @@ impl Store {
         let mut points = Vec::new();
         let mut errors = Vec::new();
         let floor = self.floor();
-        let mut families = self.lock();
+        let mut inner = self.lock();
         for update in updates {
-            if let Err(e) = apply_one(&mut families, update, floor, &mut points) {
+            if let Err(e) = apply_one(&mut inner, update, floor, &mut points) {
                 errors.push(e);
             }
         }
@@ -233,7 +270,7 @@ impl Store {
     pub fn snapshot(&self, now_ms: i64) -> Vec<Point> {
         let mut points = Vec::new();
         let now_ms = now_ms.max(self.floor());
-        for (_, entries) in self.lock().iter_mut() {
+        for (_, entries) in self.lock().families.iter_mut() {
             for entry in entries.values_mut() {
                 entry.points(now_ms, &mut points);
             }
@@ -244,12 +281,16 @@ impl Store {
     /// A copy of every family for exposition.
     pub fn families(&self) -> Vec<FamilySnapshot> {
         self.lock()
+            .families
             .iter()
             .map(|(family, entries)| FamilySnapshot {
                 family,
                 series: entries
                     .iter()
-                    .map(|(labels, e)| (labels.clone(), e.value.clone()))
+                    .map(|(labels, e)| {
+                        let labels = labels.iter().map(|l| l.to_string()).collect();
+                        (labels, e.value.clone())
+                    })
                     .collect(),
             })
             .collect()
@@ -257,15 +298,18 @@ impl Store {
 
     /// The value of `family{labels}`, if the series exists.
     pub fn get(&self, family: &'static Family, labels: &[&str]) -> Option<Value> {
-        let families = self.lock();
-        let (_, entries) = families.iter().find(|(f, _)| std::ptr::eq(*f, family))?;
-        let key: Vec<String> = labels.iter().map(|s| (*s).to_owned()).collect();
+        let inner = self.lock();
+        let (_, entries) = inner
+            .families
+            .iter()
+            .find(|(f, _)| std::ptr::eq(*f, family))?;
+        let key: Key = labels.iter().map(|s| Arc::from(*s)).collect();
         entries.get(&key).map(|e| e.value.clone())
     }
 
     /// The number of series (histograms count once).
     pub fn len(&self) -> usize {
-        self.lock().iter().map(|(_, e)| e.len()).sum()
+        self.lock().families.iter().map(|(_, e)| e.len()).sum()
     }
 
     /// Whether the store holds no series.
@@ -282,13 +326,14 @@ impl Store {
         mut keep: impl FnMut(&Family, &[(&str, &str)]) -> bool,
     ) -> Vec<(Series, i64)> {
         let mut stale = Vec::new();
-        for (family, entries) in self.lock().iter_mut() {
+        let mut inner = self.lock();
+        for (family, entries) in inner.families.iter_mut() {
             entries.retain(|labels, entry| {
                 let pairs: Vec<(&str, &str)> = family
                     .labels
                     .iter()
                     .copied()
-                    .zip(labels.iter().map(String::as_str))
+                    .zip(labels.iter().map(|l| &**l))
                     .collect();
                 if keep(family, &pairs) {
                     return true;
@@ -297,6 +342,9 @@ impl Store {
                 stale.extend(entry.series.iter().map(|s| (s.clone(), ts)));
                 false
             });
+        }
+        if !stale.is_empty() {
+            inner.forget_unused_strings();
         }
         stale
     }
@@ -328,26 +376,39 @@ fn check(update: &Update) -> Result<(), StoreError> {
 }
 
 fn apply_one(
-    families: &mut [(&'static Family, Entries)],
+    inner: &mut Inner,
     update: Update,
     floor_ms: i64,
     points: &mut Vec<Point>,
 ) -> Result<(), StoreError> {
     check(&update)?;
     let family = update.family;
-    let Some((_, entries)) = families.iter_mut().find(|(f, _)| std::ptr::eq(*f, family)) else {
+    let key = inner.key(&update.labels);
+    let Some((_, entries)) = inner
+        .families
+        .iter_mut()
+        .find(|(f, _)| std::ptr::eq(*f, family))
+    else {
         return Err(StoreError::WrongOp {
             family: family.name,
             op: "unregistered family",
             kind: family.kind,
         });
     };
-    let created = !entries.contains_key(&update.labels);
+    let created = !entries.contains_key(&key);
     if created {
-        let entry = Entry::new(family, &update.labels)?;
-        entries.insert(update.labels.clone(), entry);
+        match Entry::new(family, &update.labels) {
+            Ok(entry) => {
+                entries.insert(key.clone(), entry);
+            }
+            Err(e) => {
+                drop(key);
+                inner.forget_unused_strings();
+                return Err(e);
+            }
+        }
     }
-    let Some(entry) = entries.get_mut(&update.labels) else {
+    let Some(entry) = entries.get_mut(&key) else {
         return Ok(());
     };
     let timestamp_ms = update.timestamp_ms.max(floor_ms.saturating_add(1));
@@ -391,6 +452,40 @@ fn apply_one(
 mod tests {
     use super::*;
     use crate::metrics::catalogue::*;
+
+    #[test]
+    fn label_values_are_kept_once_and_forgotten_with_their_last_series() {
+        let store = Store::new();
+        let (_, errors) = store.apply([
+            Update::new(&NODE_ELIGIBLE, ["p", "n1", "sc"], Op::Set(1.0), 1000),
+            Update::new(&MOUNT_TOTAL, ["p", "n1", "sc", "true"], Op::Ensure, 1000),
+            Update::new(&MOUNT_TOTAL, ["p", "n2", "sc", "true"], Op::Ensure, 1000),
+        ]);
+        assert!(errors.is_empty());
+        let strings = |store: &Store| {
+            let mut v: Vec<String> = store.lock().strings.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(strings(&store), ["n1", "n2", "p", "sc", "true"]);
+        // An invalid update keeps none of its strings.
+        let (_, errors) = store.apply([Update::new(
+            &MOUNT_TOTAL,
+            ["p", "n3", "sc", "x".repeat(5000).as_str()],
+            Op::Ensure,
+            1000,
+        )]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(strings(&store), ["n1", "n2", "p", "sc", "true"]);
+        store.retain(2000, |_, labels| !labels.contains(&("node", "n2")));
+        assert_eq!(strings(&store), ["n1", "p", "sc", "true"]);
+        assert_eq!(
+            store.get(&MOUNT_TOTAL, &["p", "n1", "sc", "true"]),
+            Some(Value::Scalar(0.0))
+        );
+        store.retain(3000, |_, _| false);
+        assert!(strings(&store).is_empty());
+    }
 
     fn labels(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
