@@ -176,12 +176,10 @@ fn deadline_is_respected_while_the_controller_hangs() {
 
 #[test]
 fn unreachable_controller_is_retried_until_the_deadline() {
-    // A port that was just free: connections are refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port bound without listening, held for the whole test: connections are refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let dir = real_fs_tempdir();
     let fio = fio_printing_ok_fixture(dir.path());
     let url = format!("http://127.0.0.1:{port}");

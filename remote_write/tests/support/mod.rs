@@ -97,8 +97,9 @@ impl Receiver {
         Receiver::start_on(0).await
     }
 
-    /// Starts on `port` (0 = any free port).
+    /// Starts on `port` (0 = any free port; a [`dead_url`]'s port comes alive).
     pub async fn start_on(port: u16) -> Receiver {
+        revive(port);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -196,12 +197,23 @@ pub fn fast_config(urls: &[String]) -> ClientConfig {
     }
 }
 
-/// A URL on a loopback port where nothing listens.
+/// Ports of [`dead_url`]s, bound without listening until a [`Receiver`] starts on one.
+static DEAD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+
+/// A URL on a loopback port where nothing listens: connections are refused. The port stays
+/// bound (without listening) until [`Receiver::start_on`] takes it, so that no one else can
+/// take it meanwhile, as a closed `bind(0)` port could be.
 pub fn dead_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    DEAD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
     format!("http://127.0.0.1:{port}/api/v1/write")
+}
+
+/// Unbinds `port` if a [`dead_url`] holds it.
+fn revive(port: u16) {
+    DEAD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|s| s.local_addr().map(|a| a.port()).ok() != Some(port));
 }
