@@ -470,7 +470,14 @@ async fn size(f: &Flags) {
         f.size_probes * flapping.len() * (flips as usize + 1)
     ));
     print_tally(&flaps, None);
-    explain_flapping_writes(&writes, &flapping, flips as usize + 1);
+    let flapping_cronjobs: std::collections::BTreeSet<String> = (0..f.size_probes)
+        .flat_map(|i| {
+            flapping.iter().map(move |node| {
+                pie_api::names::mount_cronjob(&format!("size-{i}"), node, LOCAL_STORAGE_CLASS)
+            })
+        })
+        .collect();
+    explain_flapping_writes(&writes, &flapping_cronjobs, flips as usize + 1);
     say(format!(
         "  peak RSS over the phase (restarted process): {:.1} MiB; load {}",
         mib(peak_rss_bytes(pid).unwrap_or(0)),
@@ -479,15 +486,15 @@ async fn size(f: &Flags) {
     cluster.stop();
 }
 
-/// Prints the flapping window's writes that are not a successful patch of a flapping node's
-/// CronJob (another node's, a refused or retried request), one line each (status patches
-/// counted, not listed), and the flapping CronJobs patched other than once per flip.
-fn explain_flapping_writes(writes: &[AuditRequest], flapping: &[String], flips: usize) {
-    let of_flapping_node = |r: &AuditRequest| {
-        r.name
-            .as_deref()
-            .is_some_and(|n| flapping.iter().any(|node| n.contains(&format!("-{node}-"))))
-    };
+/// Prints the flapping window's writes that are not a successful patch of one of `flapping` (the
+/// flapping nodes' CronJobs, by name: another node's, a refused or retried request), one line each
+/// (status patches counted, not listed), and the flapping CronJobs patched other than once per flip.
+fn explain_flapping_writes(
+    writes: &[AuditRequest],
+    flapping: &std::collections::BTreeSet<String>,
+    flips: usize,
+) {
+    let of_flapping_node = |r: &AuditRequest| r.name.as_ref().is_some_and(|n| flapping.contains(n));
     let mut per_object: BTreeMap<&str, usize> = BTreeMap::new();
     for r in writes {
         let expected = r.verb == "patch"
