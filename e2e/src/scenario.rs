@@ -504,8 +504,8 @@ impl Scenario {
         // Results per node: one from every mount Pod that started on time; a late one may have
         // been stopped before it posted (pie deletes a late Pod's Job: CI saw a Pod that started
         // 25 s late, when the API server came back, killed as it started). So a range.
-        let mut want_results: BTreeMap<String, f64> = BTreeMap::new();
-        let mut at_least_results: BTreeMap<String, f64> = BTreeMap::new();
+        // Per node: (at least: mount Pods started on time, at most: mount Pods started).
+        let mut want_results: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for r in ledger.records().values() {
             if r.created_ms > cut_ms {
                 continue;
@@ -527,8 +527,9 @@ impl Scenario {
                 .entry((r.probe.clone(), node.clone(), on_time))
                 .or_default() += 1.0;
             if r.probe == "mount" && r.started_ms.is_some() {
-                *want_results.entry(node.clone()).or_default() += 1.0;
-                *at_least_results.entry(node).or_default() += if on_time { 1.0 } else { 0.0 };
+                let (least, most) = want_results.entry(node).or_default();
+                *least += if on_time { 1.0 } else { 0.0 };
+                *most += 1.0;
             }
         }
         let mut got: BTreeMap<Key, f64> = BTreeMap::new();
@@ -571,9 +572,9 @@ impl Scenario {
             .collect();
         let probes: std::collections::BTreeSet<&str> = kinds.iter().map(|(k, _)| *k).collect();
         let late = kinds.iter().any(|(_, on_time)| !on_time);
-        let results_agree = want_results.iter().all(|(node, most)| {
+        let results_agree = want_results.iter().all(|(node, (least, most))| {
             let n = got_results.get(node).copied().unwrap_or(0.0);
-            at_least_results[node] <= n && n <= *most
+            *least <= n && n <= *most
         }) && got_results
             .keys()
             .all(|node| want_results.contains_key(node));
@@ -588,7 +589,7 @@ impl Scenario {
             return None;
         }
         Some(format!(
-            "counted (VictoriaMetrics) against ran (the ledger), up to the cut at {cut_ms}:\n              got: {got:?}\nwant: {want:?}\nresults delivered: {got_results:?}\nmount probes              started: {want_results:?}\n       of them on time: {at_least_results:?}\n(the run must have both probes{}: {kinds:?})\nledger: {:#?}",
+            "counted (VictoriaMetrics) against ran (the ledger), up to the cut at {cut_ms}:\n              got: {got:?}\nwant: {want:?}\nresults delivered: {got_results:?}\nresults wanted (at least: mount Pods started on time, at most: started): {want_results:?}\n(the run must have both probes{}: {kinds:?})\nledger: {:#?}",
             if with_late { " and a late Pod" } else { "" },
             ledger.records()
         ))
