@@ -17,6 +17,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # runs as 65532 (nonroot), as deploy/base/deployment.yaml expects.
 FROM gcr.io/distroless/cc-debian12:nonroot AS controller
 COPY --from=builder /out/pie-controller /usr/local/bin/pie-controller
+# Two glibc malloc arenas instead of eight per core: memory freed on one tokio worker is
+# reused by the others rather than kept resident per arena (docs/benchmarks.md, "Size").
+ENV MALLOC_ARENA_MAX=2
 USER 65532:65532
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["/usr/local/bin/pie-controller"]

@@ -1005,6 +1005,11 @@ impl PieController {
 
 /// The `pie-controller run` process of `options` (its `start`-th start; the log is
 /// `controller-<start>.log` in `path`), on the ports `[results, health, metrics]`.
+/// glibc's `MALLOC_ARENA_MAX` in the controller image (Dockerfile): two malloc arenas instead
+/// of eight per core, so memory freed by one tokio worker is reused by the other instead of
+/// staying resident in its own arena.
+pub const MALLOC_ARENA_MAX: &str = "2";
+
 fn controller_process(
     o: &ControllerOptions,
     [results_port, health_port, metrics_port]: [u16; 3],
@@ -1051,6 +1056,11 @@ fn controller_process(
         .env("PIE_LEASE_NAMESPACE", "pie")
         .env("PIE_LEASE_NAME", &o.lease_name)
         .env("PIE_NAMESPACES", &o.namespace)
+        // As the controller image sets it (Dockerfile); the test's own value, if it has one.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| MALLOC_ARENA_MAX.into()),
+        )
         .env(
             "RUST_LOG",
             o.log.clone().unwrap_or_else(|| {
