@@ -560,7 +560,11 @@ where
         + 'static,
 {
     by_label(api, &probe_objects_selector())
-        .modify(|object| plan::strip_cached_meta(&mut object.metadata))
+        .modify(|object| {
+            // apiVersion and kind are the watch's own; two strings per object.
+            object.types = None;
+            plan::strip_cached_meta(&mut object.metadata);
+        })
         .reflect(writer)
         .touched_objects()
         .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())

@@ -744,13 +744,42 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
     );
     assert_eq!(Existing::from_meta(&meta), Existing::from_meta(&before));
     assert_eq!(
-        (&meta.name, &meta.namespace, &meta.labels, &meta.generation),
-        (
-            &before.name,
-            &before.namespace,
-            &before.labels,
-            &before.generation
-        )
+        (&meta.name, &meta.namespace, &meta.generation),
+        (&before.name, &before.namespace, &before.generation)
     );
+    assert_eq!(
+        meta.labels,
+        Some(
+            [(
+                labels::LABEL_MANAGED_BY.to_owned(),
+                labels::MANAGER.to_owned()
+            )]
+            .into()
+        ),
+        "of the labels only managed-by stays (the reconciler tells its objects from \
+         topolvm/pie's by it)"
+    );
+    assert!(before.labels.as_ref().unwrap().len() > 1);
     assert_eq!(meta.owner_references, before.owner_references);
+
+    // topolvm/pie's objects: no managed-by label, so no labels at all; only the controller
+    // reference of the owners.
+    let mut theirs = before.clone();
+    theirs
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(labels::LABEL_MANAGED_BY);
+    theirs.owner_references.get_or_insert_default().push(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "other".into(),
+            uid: "uid-other".into(),
+            ..Default::default()
+        },
+    );
+    strip_cached_meta(&mut theirs);
+    assert_eq!(theirs.labels, None);
+    assert_eq!(theirs.owner_references, before.owner_references);
 }
