@@ -1003,13 +1003,13 @@ impl PieController {
     }
 }
 
-/// The `pie-controller run` process of `options` (its `start`-th start; the log is
-/// `controller-<start>.log` in `path`), on the ports `[results, health, metrics]`.
 /// glibc's `MALLOC_ARENA_MAX` in the controller image (Dockerfile): two malloc arenas instead
 /// of eight per core, so memory freed by one tokio worker is reused by the other instead of
 /// staying resident in its own arena.
-pub const MALLOC_ARENA_MAX: &str = "2";
+const MALLOC_ARENA_MAX: &str = "2";
 
+/// The `pie-controller run` process of `options` (its `start`-th start; the log is
+/// `controller-<start>.log` in `path`), on the ports `[results, health, metrics]`.
 fn controller_process(
     o: &ControllerOptions,
     [results_port, health_port, metrics_port]: [u16; 3],
