@@ -186,26 +186,24 @@ struct Inner {
     strings: HashSet<Arc<str>>,
 }
 
-impl Inner {
-    /// The key of `labels`, its strings shared with the other keys.
-    fn key(&mut self, labels: &[String]) -> Key {
-        labels
-            .iter()
-            .map(|l| match self.strings.get(l.as_str()) {
-                Some(shared) => shared.clone(),
-                None => {
-                    let shared: Arc<str> = l.as_str().into();
-                    self.strings.insert(shared.clone());
-                    shared
-                }
-            })
-            .collect()
-    }
+/// The key of `labels`, its strings shared through `strings` with the other keys.
+fn key(strings: &mut HashSet<Arc<str>>, labels: &[String]) -> Key {
+    labels
+        .iter()
+        .map(|l| match strings.get(l.as_str()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = l.as_str().into();
+                strings.insert(shared.clone());
+                shared
+            }
+        })
+        .collect()
+}
 
-    /// Forgets the strings no key holds any more.
-    fn forget_unused_strings(&mut self) {
-        self.strings.retain(|s| Arc::strong_count(s) > 1);
-    }
+/// Forgets the strings of `strings` no key holds any more.
+fn forget_unused(strings: &mut HashSet<Arc<str>>) {
+    strings.retain(|s| Arc::strong_count(s) > 1);
 }
 
 /// The metric store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -344,7 +342,7 @@ impl Store {
             });
         }
         if !stale.is_empty() {
-            inner.forget_unused_strings();
+            forget_unused(&mut inner.strings);
         }
         stale
     }
@@ -383,18 +381,15 @@ fn apply_one(
 ) -> Result<(), StoreError> {
     check(&update)?;
     let family = update.family;
-    let key = inner.key(&update.labels);
-    let Some((_, entries)) = inner
-        .families
-        .iter_mut()
-        .find(|(f, _)| std::ptr::eq(*f, family))
-    else {
+    let Inner { families, strings } = inner;
+    let Some((_, entries)) = families.iter_mut().find(|(f, _)| std::ptr::eq(*f, family)) else {
         return Err(StoreError::WrongOp {
             family: family.name,
             op: "unregistered family",
             kind: family.kind,
         });
     };
+    let key = key(strings, &update.labels);
     let created = !entries.contains_key(&key);
     if created {
         match Entry::new(family, &update.labels) {
@@ -403,7 +398,7 @@ fn apply_one(
             }
             Err(e) => {
                 drop(key);
-                inner.forget_unused_strings();
+                forget_unused(strings);
                 return Err(e);
             }
         }
