@@ -140,17 +140,17 @@ fn check_label(name: &str, value: &str, allow_reserved: bool) -> Result<bool, Se
 /// `name` = 1 and `value` = 2) and returns where its entry, name and value sit in `out`. Both
 /// strings are non-empty (validated), so the encoding is exactly prost's.
 fn encode_label_field(name: &str, value: &str, out: &mut Vec<u8>) -> Span {
-    use prost::encoding::{encode_varint, encoded_len_varint};
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
     let entry = out.len();
-    out.push(0x0a);
-    encode_varint((field(name.len()) + field(value.len())) as u64, out);
-    out.push(0x0a);
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint((field(1, name.len()) + field(2, value.len())) as u64, out);
+    encode_key(1, WireType::LengthDelimited, out);
     encode_varint(name.len() as u64, out);
     let name_at = out.len();
     out.extend_from_slice(name.as_bytes());
     let name_end = out.len();
-    out.push(0x12);
+    encode_key(2, WireType::LengthDelimited, out);
     encode_varint(value.len() as u64, out);
     let value_at = out.len();
     out.extend_from_slice(value.as_bytes());
