@@ -707,9 +707,7 @@ impl PodLedger {
                             if let Some((uid, record)) = record_of(&p) {
                                 let entry = pods.entry(uid).or_insert(record.clone());
                                 entry.started_ms = entry.started_ms.or(record.started_ms);
-                                if record.marked_ms.is_some() && entry.marked_ms.is_none() {
-                                    entry.marked_ms = Some(crate::now_millis());
-                                }
+                                entry.marked_ms = entry.marked_ms.or(record.marked_ms);
                                 if !record.node.is_empty() {
                                     entry.node = record.node;
                                 }
