@@ -14,7 +14,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::crd::PieProbe;
 use crate::domain::nodes;
 use crate::domain::outcome::observe::{ProbeIndex, parse_threshold_ms};
-use crate::domain::plan::{self, EligibilityMap, NodeEligibility};
+use crate::domain::plan::{self, EligibilityMap, Existing, NodeEligibility};
 use crate::error::{Error, Result};
 use crate::http::health::Health;
 use crate::k8s::client::Clients;
@@ -449,13 +449,15 @@ async fn lead(
         probes_ready.push(listed(probes_synced_rx, "PieProbe"));
         let shutdown = stopped();
         let run = controller
-            .owns_stream(owned(
+            .reconcile_on(owned(
                 scoped::<PartialObjectMeta<CronJob>>(&client, ns),
                 cj_writer,
+                "cron jobs",
             ))
-            .owns_stream(owned(
+            .reconcile_on(owned(
                 scoped::<PartialObjectMeta<PersistentVolumeClaim>>(&client, ns),
                 pvc_writer,
+                "persistent volume claims",
             ))
             .reconcile_on(triggers(
                 tx.subscribe(),
@@ -522,7 +524,7 @@ async fn lead(
 /// of three); [`listed`] is for a store several tasks wait on.
 fn ready<K>(store: Store<K>) -> futures::future::BoxFuture<'static, ()>
 where
-    K: Resource + Clone + Send + Sync + 'static,
+    K: reflector::Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync + Default,
 {
     Box::pin(async move {
@@ -543,13 +545,17 @@ fn listed(
     })
 }
 
-/// Probe objects (pie's, and topolvm/pie's to adopt), metadata only, filtered to changes of
-/// ownership or desired state (status updates such as a CronJob's lastScheduleTime do not
-/// trigger reconciles).
+/// Probe objects (pie's, and topolvm/pie's to adopt) kept in `writer`'s store as [`Existing`];
+/// yields the PieProbe to reconcile whenever one of its objects appears, goes, or changes in
+/// what a reconcile acts on (its fingerprint). Status updates such as a CronJob's
+/// `lastScheduleTime` trigger nothing; a deleted object always does (it is re-created at once).
+/// Objects that went while the watch was away vanish with the re-list without a trigger; the
+/// periodic requeue re-creates them.
 fn owned<K>(
     api: Api<PartialObjectMeta<K>>,
-    writer: Writer<PartialObjectMeta<K>>,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    mut writer: Writer<Existing<K>>,
+    what: &'static str,
+) -> impl Stream<Item = ObjectRef<PieProbe>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -559,39 +565,51 @@ where
         + Sync
         + 'static,
 {
-    by_label(api, &probe_objects_selector())
-        .modify(|object| {
-            // apiVersion and kind are the watch's own; two strings per object.
-            object.types = None;
-            plan::strip_cached_meta(&mut object.metadata);
-        })
-        .reflect(writer)
-        .touched_objects()
-        .predicate_filter(owned_fingerprint::<K>, PredicateConfig::default())
+    let cached = writer.as_reader();
+    logged(by_label(api, &probe_objects_selector()), what).flat_map(move |event| {
+        let event = existing_event(event);
+        let triggers = reconcile_triggers(&cached, &event);
+        writer.apply_watcher_event(&event);
+        stream::iter(triggers)
+    })
 }
 
-fn owned_fingerprint<K>(object: &PartialObjectMeta<K>) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let meta = &object.metadata;
-    meta.generation.hash(&mut h);
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(labels::ANNOTATION_DESIRED_HASH))
-        .hash(&mut h);
-    meta.deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .hash(&mut h);
-    meta.owner_references
-        .iter()
-        .flatten()
-        .for_each(|r| r.uid.hash(&mut h));
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(labels::LABEL_MANAGED_BY))
-        .hash(&mut h);
-    Some(h.finish())
+/// The event with its object reduced to [`Existing`].
+fn existing_event<K>(event: watcher::Event<PartialObjectMeta<K>>) -> watcher::Event<Existing<K>> {
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+    match event {
+        Apply(o) => Apply(Existing::from_meta(&o.metadata)),
+        Delete(o) => Delete(Existing::from_meta(&o.metadata)),
+        InitApply(o) => InitApply(Existing::from_meta(&o.metadata)),
+        Init => Init,
+        InitDone => InitDone,
+    }
+}
+
+/// The PieProbes to reconcile for `event`, given the store before it is applied: the owner of
+/// an object that is new, deleted, or has another fingerprint than the cached one (and the
+/// cached one's owner, should the controller have changed).
+fn reconcile_triggers<K: Resource<DynamicType = ()>>(
+    cached: &Store<Existing<K>>,
+    event: &watcher::Event<Existing<K>>,
+) -> Vec<ObjectRef<PieProbe>> {
+    use kube::runtime::reflector::Lookup as _;
+    let (object, deleted) = match event {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
+        watcher::Event::Delete(o) => (o, true),
+        watcher::Event::Init | watcher::Event::InitDone => return Vec::new(),
+    };
+    let before = cached.get(&object.to_object_ref(()));
+    if !deleted && before.as_ref().map(|b| b.fingerprint) == Some(object.fingerprint) {
+        return Vec::new();
+    }
+    let mut owners: Vec<_> = object.owner().into_iter().collect();
+    if let Some(previous) = before.and_then(|b| b.owner())
+        && !owners.contains(&previous)
+    {
+        owners.push(previous);
+    }
+    owners
 }
 
 async fn watch_nodes(
@@ -680,7 +698,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Node;
     use kube::runtime::{reflector, watcher};
 
-    use super::{Handles, listed};
+    use super::{Handles, existing_event, listed, reconcile_triggers};
     use crate::fixtures::{NodeBuilder, PieProbeBuilder};
 
     #[derive(Default)]
@@ -718,6 +736,83 @@ mod tests {
             !first.0.load(Ordering::SeqCst),
             "kube-runtime now wakes every waiter of a store"
         );
+    }
+
+    /// A CronJob as the metadata watch delivers it, controlled by PieProbe `probe`.
+    fn cron_job(
+        probe: &str,
+        generation: i64,
+        rv: &str,
+    ) -> kube::api::PartialObjectMeta<k8s_openapi::api::batch::v1::CronJob> {
+        use kube::api::PartialObjectMetaExt as _;
+        kube::api::ObjectMeta {
+            name: Some("mount-x".into()),
+            namespace: Some("pie".into()),
+            uid: Some("uid-cj".into()),
+            resource_version: Some(rv.into()),
+            generation: Some(generation),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "pie.topolvm.io/v1alpha1".into(),
+                    kind: "PieProbe".into(),
+                    name: probe.into(),
+                    uid: format!("uid-{probe}"),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    /// What replaced kube's predicate filter on the CronJob and PVC watches: a reconcile of the
+    /// owning PieProbe for a new object, a changed fingerprint or a deletion, none for a status
+    /// update; the comparison is against the store itself (no second map of every object).
+    #[test]
+    fn probe_objects_trigger_their_pieprobe_only_when_a_reconcile_has_something_to_do() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let (cached, mut writer) = reflector::store();
+        let mut step = |event| {
+            let event = existing_event(event);
+            let triggers = reconcile_triggers(&cached, &event);
+            writer.apply_watcher_event(&event);
+            triggers
+                .into_iter()
+                .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+                .collect::<Vec<_>>()
+        };
+        assert!(step(Init).is_empty());
+        assert_eq!(
+            step(InitApply(cron_job("a", 1, "1"))),
+            ["pie/a"],
+            "first seen"
+        );
+        assert!(step(InitDone).is_empty());
+        assert!(
+            step(Apply(cron_job("a", 1, "2"))).is_empty(),
+            "a status update (new resourceVersion only)"
+        );
+        assert_eq!(
+            step(Apply(cron_job("a", 2, "3"))),
+            ["pie/a"],
+            "spec changed"
+        );
+        assert_eq!(
+            step(Apply(cron_job("b", 2, "4"))),
+            ["pie/b", "pie/a"],
+            "another controller: both PieProbes look"
+        );
+        // A re-list compares against what the store had before it.
+        assert!(step(Init).is_empty());
+        assert!(step(InitApply(cron_job("b", 2, "5"))).is_empty());
+        assert!(step(InitDone).is_empty());
+        assert_eq!(
+            step(Delete(cron_job("b", 2, "5"))),
+            ["pie/b"],
+            "a deletion, unchanged as it is, re-creates the object at once"
+        );
+        assert!(cached.is_empty());
     }
 
     #[tokio::test]

@@ -39,10 +39,10 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// StorageClasses, metadata only.
     pub storage_classes: Store<PartialObjectMeta<StorageClass>>,
-    /// CronJobs managed by pie-controller, metadata only.
-    pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
-    /// PVCs managed by pie-controller, metadata only.
-    pub pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// CronJobs managed by pie-controller (and topolvm/pie's, to adopt), as [`Existing`].
+    pub cron_jobs: Store<Existing<CronJob>>,
+    /// PVCs managed by pie-controller (and topolvm/pie's), as [`Existing`].
+    pub pvcs: Store<Existing<PersistentVolumeClaim>>,
 }
 
 /// Shared state of the reconciler.
@@ -279,13 +279,6 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
-fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
-    meta.annotations
-        .as_ref()?
-        .get(labels::ANNOTATION_DESIRED_HASH)
-        .map(String::as_str)
-}
-
 /// Names of the desired objects, as [`apply_all`] saw them.
 struct DesiredNames {
     cron_jobs: BTreeSet<String>,
@@ -334,7 +327,7 @@ fn refusal(kind: &str, name: &str, error: &Error) -> String {
 /// only built when it is applied.
 async fn apply_if_changed<K>(
     api: &Api<K>,
-    store: &Store<PartialObjectMeta<K>>,
+    store: &Store<Existing<K>>,
     ns: &str,
     desired: &plan::Desired<'_, K>,
 ) -> Result<bool>
@@ -342,12 +335,10 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let existing = store.get(&ObjectRef::new(&desired.name).within(ns));
-    if existing.as_ref().and_then(|e| hash_of(&e.metadata)) == Some(desired.hash.as_str()) {
+    if existing.as_ref().and_then(|e| e.desired_hash.as_deref()) == Some(desired.hash.as_str()) {
         return Ok(false);
     }
-    let adopting = existing
-        .as_ref()
-        .is_some_and(|existing| !managed_by_pie(&existing.metadata));
+    let adopting = existing.is_some_and(|existing| !existing.managed_by_pie);
     if adopting {
         adopt(api, desired).await?;
     }
@@ -362,14 +353,6 @@ where
 }
 
 /// Deletes what `probe` owns but no longer wants; returns what could not be deleted.
-/// Whether pie-controller made the object (topolvm/pie's objects lack the label).
-fn managed_by_pie(meta: &kube::api::ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(labels::LABEL_MANAGED_BY))
-        .is_some_and(|v| v == labels::MANAGER)
-}
-
 /// Takes over an object of ours by name that another controller made (topolvm/pie, whose
 /// objects a migration keeps): afterwards it is exactly what pie applies, with no field left
 /// over and no other field manager. A server-side apply alone would keep what the other
@@ -461,7 +444,7 @@ async fn delete_stale(
 
 /// Deletes the objects of one kind in `ns` that `probe` owns but no longer wants.
 async fn delete_stale_of<K>(
-    store: &Store<K>,
+    store: &Store<Existing<K>>,
     client: &Client,
     probe: &PieProbe,
     ns: &str,
@@ -473,28 +456,27 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let existing: Vec<Existing> = store
-        .state()
+    let cached = store.state();
+    let existing = cached
         .iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-        .map(|o| Existing::from_meta(o.meta()))
-        .collect();
+        .map(AsRef::as_ref)
+        .filter(|o| o.namespace.as_deref() == Some(ns));
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    for stale in plan::stale(probe, desired, &existing) {
+    for stale in plan::stale(probe, desired, existing) {
         delete(&api, stale).await?;
     }
     Ok(())
 }
 
-async fn delete<K>(api: &Api<K>, stale: &Existing) -> Result<()>
+async fn delete<K>(api: &Api<K>, stale: &Existing<K>) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     info!(kind = %K::kind(&()), name = %stale.name, "deleting stale object");
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: stale.uid.clone(),
-            resource_version: stale.resource_version.clone(),
+            uid: stale.uid.as_deref().map(Into::into),
+            resource_version: stale.resource_version.as_deref().map(Into::into),
         }),
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()

@@ -1,8 +1,9 @@
 //! Scenario 11, cleanup: changing a PieProbe's `nodeSelector` moves its probes (the CronJob and
 //! PVC of the node it leaves are deleted, its series end with a staleness marker in
-//! VictoriaMetrics); while the controller is down probe Pods come and go freely (no finalizers,
-//! nothing left Terminating); deleting the PieProbe removes its CronJobs and PVCs (garbage
-//! collection) and its series (staleness markers reach VictoriaMetrics).
+//! VictoriaMetrics); a CronJob deleted by hand is re-created at once; while the controller is
+//! down probe Pods come and go freely (no finalizers, nothing left Terminating); deleting the
+//! PieProbe removes its CronJobs and PVCs (garbage collection) and its series (staleness
+//! markers reach VictoriaMetrics).
 
 use std::time::Duration;
 
@@ -139,6 +140,31 @@ pub async fn run(env: &'static Env) {
     note(
         "cleanup",
         "moving the node selector moved the probes and ended the old series",
+    );
+
+    // A CronJob deleted by someone else comes back at once, not at the PieProbe's periodic
+    // requeue (300 s): its delete event reconciles the PieProbe, although nothing a reconcile
+    // fingerprints changed (kube's predicate filter dropped such events).
+    let before = s.cron_jobs(PROBE).await[&mount_of(n2)].uid();
+    let deleted_at = std::time::Instant::now();
+    s.kubectl(&["delete", "cronjob", &mount_of(n2), "--wait=true"]);
+    s.wait(
+        &format!("{n2}'s CronJob, deleted by hand, re-created"),
+        Duration::from_secs(30),
+        || async {
+            s.cron_jobs(PROBE)
+                .await
+                .get(&mount_of(n2))
+                .is_some_and(|c| c.uid() != before)
+        },
+    )
+    .await;
+    note(
+        "cleanup",
+        &format!(
+            "a CronJob deleted by hand was re-created {:.1} s after the delete",
+            deleted_at.elapsed().as_secs_f64()
+        ),
     );
 
     // The controller is down: probe Pods still run and go, none is held Terminating.

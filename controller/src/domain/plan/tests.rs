@@ -3,6 +3,7 @@
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use pie_api::labels;
 
 use super::*;
@@ -593,11 +594,20 @@ fn missing_storage_class_blocks_everything() {
 #[test]
 fn stale_objects_are_those_we_control_but_no_longer_want() {
     let probe = PieProbeBuilder::new("p", "sc").build();
-    let existing = |name: &str, owner: Option<&str>| Existing {
-        name: name.into(),
-        uid: Some(format!("uid-{name}")),
-        resource_version: Some("7".into()),
-        controller_uid: owner.map(Into::into),
+    let existing = |name: &str, owner: Option<&str>| {
+        Existing::<CronJob>::from_meta(&ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some("7".into()),
+            owner_references: owner.map(|uid| {
+                vec![OwnerReference {
+                    controller: Some(true),
+                    uid: uid.into(),
+                    ..OwnerReference::default()
+                }]
+            }),
+            ..ObjectMeta::default()
+        })
     };
     let objects = vec![
         existing("keep", Some("uid-p")),
@@ -608,7 +618,7 @@ fn stale_objects_are_those_we_control_but_no_longer_want() {
     let desired = BTreeSet::from(["keep".to_owned()]);
     let stale: Vec<_> = stale(&probe, &desired, &objects)
         .into_iter()
-        .map(|e| e.name.as_str())
+        .map(|e| &*e.name)
         .collect();
     assert_eq!(stale, ["old-node"]);
 }
@@ -702,8 +712,8 @@ fn duplicate_and_unnamed_nodes_are_ignored() {
 }
 
 #[test]
-fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+fn a_cached_object_keeps_what_the_reconciler_reads() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
     let probe = PieProbeBuilder::new("p", "sc").build();
     let p = plan(&probe, &[NodeBuilder::new("a").build()], true, &config()).unwrap();
     let desired = p.desired_cron_jobs().next().unwrap();
@@ -711,67 +721,79 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
     meta.uid = Some("uid-cj".into());
     meta.resource_version = Some("42".into());
     meta.generation = Some(3);
-    meta.finalizers = Some(vec!["example.com/keep".into()]);
-    meta.annotations.get_or_insert_default().insert(
+    let ours = Existing::<CronJob>::from_meta(&meta);
+    assert_eq!(&*ours.name, meta.name.as_deref().unwrap());
+    assert_eq!(ours.namespace.as_deref(), meta.namespace.as_deref());
+    assert_eq!(ours.uid.as_deref(), Some("uid-cj"));
+    assert_eq!(ours.resource_version.as_deref(), Some("42"));
+    assert_eq!(ours.controller_uid.as_deref(), Some("uid-p"));
+    assert_eq!(ours.controller_probe.as_deref(), Some("p"));
+    assert!(ours.managed_by_pie);
+    assert_eq!(
+        ours.desired_hash.as_deref(),
+        Some(desired.hash.as_str()),
+        "a skipped apply sees the hash"
+    );
+    let owner = ours.owner().unwrap();
+    assert_eq!(
+        (owner.name.as_str(), owner.namespace),
+        ("p", meta.namespace.clone())
+    );
+
+    // What a reconcile does not act on leaves the fingerprint as it was.
+    let mut unread = meta.clone();
+    unread.resource_version = Some("43".into());
+    unread.finalizers = Some(vec!["example.com/keep".into()]);
+    unread.annotations.get_or_insert_default().insert(
         "kubectl.kubernetes.io/last-applied-configuration".into(),
         "{}".into(),
     );
-    meta.managed_fields = Some(vec![ManagedFieldsEntry {
-        manager: Some("pie-controller".into()),
-        operation: Some("Apply".into()),
-        fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:schedule": {}}}))),
+    unread
+        .labels
+        .get_or_insert_default()
+        .insert("example.com/team".into(), "storage".into());
+    unread.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kube-controller-manager".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
         ..ManagedFieldsEntry::default()
     }]);
-    let before = meta.clone();
+    assert_eq!(
+        Existing::<CronJob>::from_meta(&unread).fingerprint,
+        ours.fingerprint
+    );
+    // What it acts on changes it.
+    let changed = |change: &dyn Fn(&mut ObjectMeta)| {
+        let mut m = meta.clone();
+        change(&mut m);
+        Existing::<CronJob>::from_meta(&m).fingerprint
+    };
+    let generation = changed(&|m| m.generation = Some(4));
+    let hash = changed(&|m| {
+        m.annotations
+            .get_or_insert_default()
+            .insert(labels::ANNOTATION_DESIRED_HASH.into(), "other".into());
+    });
+    let deleting =
+        changed(&|m| m.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)));
+    let owners = changed(&|m| m.owner_references = None);
+    let label = changed(&|m| {
+        m.labels.as_mut().unwrap().remove(labels::LABEL_MANAGED_BY);
+    });
+    let all = BTreeSet::from([ours.fingerprint, generation, hash, deleting, owners, label]);
+    assert_eq!(all.len(), 6, "each change has a fingerprint of its own");
 
-    strip_cached_meta(&mut meta);
-
-    assert_eq!(meta.managed_fields, None);
-    assert_eq!(meta.finalizers, None);
-    assert_eq!(
-        meta.annotations
-            .as_ref()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        [labels::ANNOTATION_DESIRED_HASH],
-        "only pie's desired-hash annotation stays"
-    );
-    assert_eq!(
-        meta.annotations.as_ref().unwrap()[labels::ANNOTATION_DESIRED_HASH],
-        desired.hash,
-        "a skipped apply still sees the hash"
-    );
-    assert_eq!(Existing::from_meta(&meta), Existing::from_meta(&before));
-    assert_eq!(
-        (&meta.name, &meta.namespace, &meta.generation),
-        (&before.name, &before.namespace, &before.generation)
-    );
-    assert_eq!(
-        meta.labels,
-        Some(
-            [(
-                labels::LABEL_MANAGED_BY.to_owned(),
-                labels::MANAGER.to_owned()
-            )]
-            .into()
-        ),
-        "of the labels only managed-by stays (the reconciler tells its objects from \
-         topolvm/pie's by it)"
-    );
-    assert!(before.labels.as_ref().unwrap().len() > 1);
-    assert_eq!(meta.owner_references, before.owner_references);
-
-    // topolvm/pie's objects: no managed-by label, so no labels at all; only the controller
-    // reference of the owners.
-    let mut theirs = before.clone();
+    // topolvm/pie's objects: no managed-by label, a controller of the same kind.
+    let mut theirs = meta.clone();
     theirs
         .labels
         .as_mut()
         .unwrap()
         .remove(labels::LABEL_MANAGED_BY);
-    theirs.owner_references.get_or_insert_default().push(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    theirs.annotations = None;
+    theirs.owner_references.get_or_insert_default().insert(
+        0,
+        OwnerReference {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
             name: "other".into(),
@@ -779,7 +801,26 @@ fn cached_metadata_keeps_what_the_reconciler_reads_and_nothing_else() {
             ..Default::default()
         },
     );
-    strip_cached_meta(&mut theirs);
-    assert_eq!(theirs.labels, None);
-    assert_eq!(theirs.owner_references, before.owner_references);
+    let theirs = Existing::<CronJob>::from_meta(&theirs);
+    assert!(!theirs.managed_by_pie);
+    assert_eq!(theirs.desired_hash, None);
+    assert_eq!(
+        theirs.controller_probe.as_deref(),
+        Some("p"),
+        "only the controller reference counts"
+    );
+
+    // A controller that is not a PieProbe triggers no reconcile.
+    let mut foreign = meta.clone();
+    foreign.owner_references = Some(vec![OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "CronJob".into(),
+        name: "p".into(),
+        uid: "uid-x".into(),
+        controller: Some(true),
+        ..Default::default()
+    }]);
+    let foreign = Existing::<CronJob>::from_meta(&foreign);
+    assert_eq!(foreign.controller_uid.as_deref(), Some("uid-x"));
+    assert_eq!(foreign.owner(), None);
 }

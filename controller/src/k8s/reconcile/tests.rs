@@ -23,8 +23,8 @@ const APPLY: &str = "?&force=true&fieldManager=pie-controller";
 struct Caches {
     nodes: Writer<Node>,
     storage_classes: Writer<PartialObjectMeta<StorageClass>>,
-    cron_jobs: Writer<PartialObjectMeta<CronJob>>,
-    pvcs: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
+    cron_jobs: Writer<Existing<CronJob>>,
+    pvcs: Writer<Existing<PersistentVolumeClaim>>,
 }
 
 fn setup() -> (Caches, Stores) {
@@ -64,7 +64,7 @@ fn context(stores: Stores) -> (Arc<Context>, ApiServerVerifier) {
     )
 }
 
-fn add<K: kube::Resource + Clone>(writer: &mut Writer<K>, object: K)
+fn add<K: kube::runtime::reflector::Lookup + Clone>(writer: &mut Writer<K>, object: K)
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
@@ -80,11 +80,11 @@ fn storage_class(name: &str) -> PartialObjectMeta<StorageClass> {
 }
 
 /// Cache entry for an object as the API server would have it after our apply.
-fn cached<K: kube::Resource>(object: &K, rv: &str) -> PartialObjectMeta<K> {
+fn cached<K: kube::Resource>(object: &K, rv: &str) -> Existing<K> {
     let mut meta = object.meta().clone();
     meta.uid = Some(format!("uid-{}", meta.name.as_deref().unwrap()));
     meta.resource_version = Some(rv.into());
-    meta.into_response_partial()
+    Existing::from_meta(&meta)
 }
 
 fn nodes() -> Vec<Node> {
@@ -522,7 +522,7 @@ async fn a_cron_job_pie_did_not_make_is_adopted_without_leftovers() {
     let foreign: CronJob = serde_json::from_value(topolvm_cron_job("worker-1")).unwrap();
     add(
         &mut caches.cron_jobs,
-        foreign.metadata.clone().into_response_partial::<CronJob>(),
+        Existing::from_meta(&foreign.metadata),
     );
     let (ctx, mut api) = context(stores);
     let task = tokio::spawn(run(probe.clone(), ctx));
