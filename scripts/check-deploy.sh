@@ -83,4 +83,11 @@ for want in 'FROM rust:1.95-bookworm AS builder' 'AS controller' 'FROM debian:bo
             'USER 65532:65532' 'USER 1001:1001' 'fio'; do
   grep -qF -- "$want" Dockerfile || { echo "check-deploy: Dockerfile lacks '$want'" >&2; exit 1; }
 done
+# The e2e harness runs pie-controller with the image's malloc arena limit; the two must agree.
+image_arenas=$(sed -n 's/^ENV MALLOC_ARENA_MAX=\([0-9]*\)$/\1/p' Dockerfile)
+harness_arenas=$(sed -n 's/^const MALLOC_ARENA_MAX: &str = "\([0-9]*\)";$/\1/p' e2e/src/cluster.rs)
+if [ -z "$image_arenas" ] || [ "$image_arenas" != "$harness_arenas" ]; then
+  echo "check-deploy: MALLOC_ARENA_MAX is '$image_arenas' in the Dockerfile but '$harness_arenas' in e2e/src/cluster.rs" >&2
+  exit 1
+fi
 echo "check-deploy: ok"

@@ -1005,7 +1005,7 @@ impl PieController {
 
 /// glibc's `MALLOC_ARENA_MAX` in the controller image (Dockerfile): two malloc arenas instead
 /// of eight per core, so memory freed by one tokio worker is reused by the other instead of
-/// staying resident in its own arena.
+/// staying resident in its own arena. `scripts/check-deploy.sh` checks the two agree.
 const MALLOC_ARENA_MAX: &str = "2";
 
 /// The `pie-controller run` process of `options` (its `start`-th start; the log is
