@@ -137,42 +137,89 @@ fn check_label(name: &str, value: &str, allow_reserved: bool) -> Result<bool, Se
 }
 
 /// Appends one label as a `TimeSeries.labels` field entry (field 1, a `Label` message with
-/// `name` = 1 and `value` = 2) and returns where its entry, name and value sit in `out`. Both
-/// strings are non-empty (validated), so the encoding is exactly prost's.
-fn encode_label_field(name: &str, value: &str, out: &mut Vec<u8>) -> Span {
+/// `name` = 1 and `value` = 2). Both strings are non-empty (validated), so the encoding is
+/// exactly prost's, and [`LabelEntries`] reads it back.
+fn encode_label_field(name: &str, value: &str, out: &mut Vec<u8>) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
     let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-    let entry = out.len();
     encode_key(1, WireType::LengthDelimited, out);
     encode_varint((field(1, name.len()) + field(2, value.len())) as u64, out);
     encode_key(1, WireType::LengthDelimited, out);
     encode_varint(name.len() as u64, out);
-    let name_at = out.len();
     out.extend_from_slice(name.as_bytes());
-    let name_end = out.len();
     encode_key(2, WireType::LengthDelimited, out);
     encode_varint(value.len() as u64, out);
-    let value_at = out.len();
     out.extend_from_slice(value.as_bytes());
-    Span {
-        entry: entry as u32,
-        name: name_at as u32,
-        name_end: name_end as u32,
-        value: value_at as u32,
-        end: out.len() as u32,
+}
+
+/// One label read back out of an encoding written by [`encode_label_field`].
+struct LabelEntry<'a> {
+    /// The whole `TimeSeries.labels` field entry.
+    entry: &'a [u8],
+    name: &'a str,
+    value: &'a str,
+}
+
+/// The labels of a concatenation of [`encode_label_field`] entries, in order. Reading them back
+/// costs a few varint reads per label; keeping where each sits would cost 20 bytes per label
+/// and an allocation per series, and labels are read far less often than a series is held.
+#[derive(Clone)]
+struct LabelEntries<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> LabelEntries<'a> {
+    /// The `n` entries of `encoded`.
+    fn new(encoded: &'a [u8], n: usize) -> Self {
+        LabelEntries {
+            rest: encoded,
+            left: n,
+        }
+    }
+
+    /// Splits a length-delimited field (key byte, varint length, bytes) off the front of `buf`.
+    fn field(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (_key, rest) = buf.split_first()?;
+        *buf = rest;
+        let len = usize::try_from(prost::encoding::decode_varint(buf).ok()?).ok()?;
+        let (bytes, rest) = buf.split_at_checked(len)?;
+        *buf = rest;
+        Some(bytes)
+    }
+
+    fn text(bytes: &'a [u8]) -> &'a str {
+        // Always valid: the bytes were copied from a `&str`.
+        std::str::from_utf8(bytes).unwrap_or_default()
     }
 }
 
-/// Where one label sits in [`Labels::encoded`]: its field entry is `entry..end`, its name
-/// `name..name_end`, its value `value..end`.
-#[derive(Clone, Copy)]
-struct Span {
-    entry: u32,
-    name: u32,
-    name_end: u32,
-    value: u32,
-    end: u32,
+impl<'a> Iterator for LabelEntries<'a> {
+    type Item = LabelEntry<'a>;
+
+    fn next(&mut self) -> Option<LabelEntry<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let start = self.rest;
+        let mut message = Self::field(&mut self.rest)?;
+        let entry = &start[..start.len() - self.rest.len()];
+        let name = Self::field(&mut message)?;
+        let value = Self::field(&mut message)?;
+        self.left -= 1;
+        Some(LabelEntry {
+            entry,
+            name: Self::text(name),
+            value: Self::text(value),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
+
+impl ExactSizeIterator for LabelEntries<'_> {}
 
 /// A sorted, validated label set whose protobuf encoding is computed once.
 ///
@@ -192,8 +239,8 @@ struct Labels {
     /// `TimeSeries.labels` field entries for every label, concatenated in name order (shared
     /// with every queued sample of the series).
     encoded: Arc<[u8]>,
-    /// Where each label sits in `encoded`.
-    spans: Box<[Span]>,
+    /// How many labels `encoded` holds.
+    count: usize,
     /// The entries merged with one set of external labels (identified by its id), computed
     /// the first time the series is encoded with them.
     merged: OnceLock<(u64, Arc<[u8]>)>,
@@ -204,43 +251,23 @@ impl Labels {
     fn new<'a>(pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone) -> Labels {
         let mut encoded =
             Vec::with_capacity(pairs.clone().map(|(n, v)| n.len() + v.len() + 8).sum());
-        let mut spans = Vec::with_capacity(pairs.len());
+        let count = pairs.len();
         for (name, value) in pairs {
-            spans.push(encode_label_field(name, value, &mut encoded));
+            encode_label_field(name, value, &mut encoded);
         }
         Labels {
             encoded: encoded.into(),
-            spans: spans.into_boxed_slice(),
+            count,
             merged: OnceLock::new(),
         }
     }
 
-    fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    fn text(&self, from: u32, to: u32) -> &str {
-        // Always valid: the bytes were copied from a `&str`.
-        std::str::from_utf8(&self.encoded[from as usize..to as usize]).unwrap_or_default()
-    }
-
-    fn name(&self, i: usize) -> &str {
-        let s = self.spans[i];
-        self.text(s.name, s.name_end)
-    }
-
-    fn value(&self, i: usize) -> &str {
-        let s = self.spans[i];
-        self.text(s.value, s.end)
+    fn entries(&self) -> LabelEntries<'_> {
+        LabelEntries::new(&self.encoded, self.count)
     }
 
     fn pairs(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        (0..self.len()).map(|i| (self.name(i), self.value(i)))
-    }
-
-    fn entry(&self, i: usize) -> &[u8] {
-        let s = self.spans[i];
-        &self.encoded[s.entry as usize..s.end as usize]
+        self.entries().map(|e| (e.name, e.value))
     }
 }
 
@@ -324,12 +351,10 @@ impl Series {
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let labels = &*self.labels;
-        let i = labels
-            .spans
-            .binary_search_by(|s| labels.text(s.name, s.name_end).cmp(name))
-            .ok()?;
-        Some(labels.value(i))
+        self.labels
+            .pairs()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// All labels, sorted by name, `__name__` included.
@@ -340,16 +365,6 @@ impl Series {
     /// The labels' protobuf encoding: concatenated `TimeSeries.labels` field entries.
     pub(crate) fn encoded_labels(&self) -> &Arc<[u8]> {
         &self.labels.encoded
-    }
-
-    /// Label `i`'s name and its `TimeSeries.labels` field entry.
-    pub(crate) fn label_entry(&self, i: usize) -> (&str, &[u8]) {
-        (self.labels.name(i), self.labels.entry(i))
-    }
-
-    /// The number of labels.
-    pub(crate) fn label_count(&self) -> usize {
-        self.labels.len()
     }
 
     /// Whether both handles point at the same allocation (a cheap equality shortcut).
@@ -504,35 +519,25 @@ impl ExternalLabels {
             out.extend_from_slice(series.encoded_labels());
             return;
         };
-        let (mut i, mut j) = (0, 0);
-        let (n, m) = (series.label_count(), ext.len());
-        while i < n || j < m {
-            if j == m {
-                out.extend_from_slice(series.label_entry(i).1);
-                i += 1;
-                continue;
-            }
-            let ext_name = ext.name(j);
-            if i == n {
-                out.extend_from_slice(ext.entry(j));
-                j += 1;
-                continue;
-            }
-            let (name, entry) = series.label_entry(i);
-            match name.cmp(ext_name) {
-                std::cmp::Ordering::Less => {
-                    out.extend_from_slice(entry);
-                    i += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.extend_from_slice(entry);
-                    i += 1;
-                    j += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.extend_from_slice(ext.entry(j));
-                    j += 1;
-                }
+        let mut own = series.labels.entries().peekable();
+        let mut external = ext.entries().peekable();
+        loop {
+            let next = match (own.peek(), external.peek()) {
+                (None, None) => break,
+                (Some(_), None) => own.next(),
+                (None, Some(_)) => external.next(),
+                (Some(o), Some(e)) => match o.name.cmp(e.name) {
+                    std::cmp::Ordering::Less => own.next(),
+                    // The series' own label shadows the external one.
+                    std::cmp::Ordering::Equal => {
+                        external.next();
+                        own.next()
+                    }
+                    std::cmp::Ordering::Greater => external.next(),
+                },
+            };
+            if let Some(label) = next {
+                out.extend_from_slice(label.entry);
             }
         }
     }
@@ -552,14 +557,16 @@ mod tests {
     fn a_label_entry_is_prosts_encoding_and_reads_back() {
         use prost::Message;
         let long = "v".repeat(300);
-        for (name, value) in [
+        let cases = [
             ("a", "1"),
             ("node", "pie-node-4601"),
             ("x", long.as_str()),
             ("ü", "ß€"),
-        ] {
+        ];
+        let mut all = Vec::new();
+        for (name, value) in cases {
             let mut ours = Vec::new();
-            let span = encode_label_field(name, value, &mut ours);
+            encode_label_field(name, value, &mut ours);
             let mut prosts = Vec::new();
             prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut prosts);
             crate::proto::Label {
@@ -571,9 +578,16 @@ mod tests {
             assert_eq!(ours, prosts, "{name}={value}");
             let labels = Labels::new([(name, value)].into_iter());
             assert_eq!(labels.pairs().collect::<Vec<_>>(), vec![(name, value)]);
-            assert_eq!(labels.entry(0), &prosts[..]);
-            assert_eq!((span.entry, span.end as usize), (0, prosts.len()));
+            assert_eq!(labels.entries().next().unwrap().entry, &prosts[..]);
+            all.push(prosts);
         }
+        // Several together (multi-byte lengths among them) read back entry by entry.
+        let labels = Labels::new(cases.into_iter());
+        assert_eq!(&*labels.encoded, &all.concat()[..]);
+        assert_eq!(labels.pairs().collect::<Vec<_>>(), cases);
+        assert_eq!(labels.entries().len(), 4);
+        let entries: Vec<&[u8]> = labels.entries().map(|e| e.entry).collect();
+        assert_eq!(entries, all.iter().map(Vec::as_slice).collect::<Vec<_>>());
     }
 
     #[test]
