@@ -1,7 +1,8 @@
 //! Building request bodies: a `WriteRequest` in protobuf, compressed with the snappy block format.
 //!
-//! Labels are pre-encoded once per [`Series`] (merged with the external labels once, too), and
-//! queued samples point at those bytes, so encoding a request is mostly copying bytes.
+//! Labels are pre-encoded once per [`Series`], and queued samples point at those bytes (and at
+//! the external labels' entries, inserted at a byte offset worked out once per series), so
+//! encoding a request is mostly copying bytes.
 //! Consecutive samples of the same series share one `TimeSeries`; samples of a series that
 //! appear further apart get a `TimeSeries` each, in order, as Prometheus' own sender does.
 //! Tests decode real bodies with the generated prost types instead of trusting this encoder.
@@ -12,7 +13,7 @@ use prost::Message;
 use prost::encoding::encoded_len_varint;
 
 use crate::proto;
-use crate::series::{ExternalLabels, Sample, Series};
+use crate::series::{ExternalLabels, Sample, Series, WireLabels};
 
 // Field keys, `(field number << 3) | wire type`, as single bytes (every field number is < 16).
 /// `WriteRequest.timeseries` (1), length-delimited.
@@ -84,11 +85,13 @@ fn write_sample(value: f64, timestamp: (u128, usize), out: &mut Vec<u8>) {
     append_varint(out, timestamp);
 }
 
-/// A sample ready to be encoded: the protobuf label entries of its series (merged with the
-/// client's external labels) and the sample. Samples of one series share the label bytes.
+/// A sample ready to be encoded: the protobuf label entries of its series (with the client's
+/// external labels) and the sample. Samples of one series share the label bytes.
 #[derive(Clone)]
 pub struct PreparedSample {
-    labels: Arc<[u8]>,
+    labels: WireLabels,
+    /// The external labels' entries (shared by every sample of the client).
+    external: Option<Arc<[u8]>>,
     /// The sample.
     pub sample: Sample,
 }
@@ -97,7 +100,8 @@ impl PreparedSample {
     /// Prepares `sample` of `series` for a client with `external` labels.
     pub fn new(series: &Series, external: &ExternalLabels, sample: Sample) -> PreparedSample {
         PreparedSample {
-            labels: external.merged(series),
+            labels: external.wire(series),
+            external: external.shared_encoding(),
             sample,
         }
     }
@@ -105,12 +109,24 @@ impl PreparedSample {
     /// An upper bound of the protobuf bytes this sample adds to a request: its labels, one
     /// sample (at most 21 bytes with key and length) and the `TimeSeries` framing (at most 12).
     pub fn estimated_len(&self) -> usize {
-        estimated_len(self.labels.len())
+        estimated_len(labels_len(
+            self.labels
+                .parts(self.external.as_deref().unwrap_or_default()),
+        ))
     }
 
-    fn parts(&self) -> (&[u8], Sample) {
-        (&self.labels, self.sample)
+    fn parts(&self) -> ([&[u8]; 3], Sample) {
+        (
+            self.labels
+                .parts(self.external.as_deref().unwrap_or_default()),
+            self.sample,
+        )
     }
+}
+
+/// The length of label entries in three pieces (see [`WireLabels::parts`]).
+pub(crate) fn labels_len(parts: [&[u8]; 3]) -> usize {
+    parts[0].len() + parts[1].len() + parts[2].len()
 }
 
 /// An upper bound of the protobuf bytes one sample of a series whose label entries take
@@ -122,7 +138,13 @@ pub(crate) fn estimated_len(labels_len: usize) -> usize {
 impl std::fmt::Debug for PreparedSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedSample")
-            .field("label_bytes", &self.labels.len())
+            .field(
+                "label_bytes",
+                &labels_len(
+                    self.labels
+                        .parts(self.external.as_deref().unwrap_or_default()),
+                ),
+            )
             .field("sample", &self.sample)
             .finish()
     }
@@ -133,21 +155,27 @@ pub fn encode_write_request(entries: &[PreparedSample], out: &mut Vec<u8>) {
     encode_entries(entries, PreparedSample::parts, out, |_| {});
 }
 
-/// Whether two label-entry slices are the same series' (the same allocation): samples of
-/// one series in a row share a `TimeSeries`.
-fn same_series(a: &[u8], b: &[u8]) -> bool {
-    std::ptr::eq(a, b)
+/// Whether two samples' label entries are the same series' (the same allocation, split at
+/// the same offset): samples of one series in a row share a `TimeSeries`.
+fn same_series(a: [&[u8]; 3], b: [&[u8]; 3]) -> bool {
+    std::ptr::eq(a[0], b[0]) && std::ptr::eq(a[2], b[2])
 }
 
 /// [`encode_write_request`] for entries of any type: `parts` gives an entry's label entries
-/// (the same slice for every sample of a series) and sample. Calls `after_series` with `out`
-/// after each `TimeSeries`.
+/// in three pieces to write one after the other (the same for every sample of a series; see
+/// [`WireLabels::parts`]) and its sample. Calls `after_series` with `out` after each
+/// `TimeSeries`.
 pub(crate) fn encode_entries<'e, 't, E>(
     entries: &'e [E],
-    parts: impl Fn(&'e E) -> (&'t [u8], Sample),
+    parts: impl Fn(&'e E) -> ([&'t [u8]; 3], Sample),
     out: &mut Vec<u8>,
     mut after_series: impl FnMut(&mut Vec<u8>),
 ) {
+    let write_labels = |out: &mut Vec<u8>, labels: [&[u8]; 3]| {
+        out.extend_from_slice(labels[0]);
+        out.extend_from_slice(labels[1]);
+        out.extend_from_slice(labels[2]);
+    };
     let mut i = 0;
     while i < entries.len() {
         let (labels, first) = parts(&entries[i]);
@@ -161,8 +189,8 @@ pub(crate) fn encode_entries<'e, 't, E>(
             let timestamp = varint(first.timestamp_ms as u64);
             let samples_len = 2 + sample_len(timestamp.1);
             out.push(KEY_TIMESERIES);
-            append_varint(out, varint((labels.len() + samples_len) as u64));
-            out.extend_from_slice(labels);
+            append_varint(out, varint((labels_len(labels) + samples_len) as u64));
+            write_labels(out, labels);
             write_sample(first.value, timestamp, out);
         } else {
             let group = &entries[i..j];
@@ -172,8 +200,8 @@ pub(crate) fn encode_entries<'e, 't, E>(
                 .map(|e| 2 + sample_len(encoded_len_varint(parts(e).1.timestamp_ms as u64)))
                 .sum();
             out.push(KEY_TIMESERIES);
-            append_varint(out, varint((labels.len() + samples_len) as u64));
-            out.extend_from_slice(labels);
+            append_varint(out, varint((labels_len(labels) + samples_len) as u64));
+            write_labels(out, labels);
             for e in group {
                 let sample = parts(e).1;
                 write_sample(sample.value, varint(sample.timestamp_ms as u64), out);
@@ -300,7 +328,7 @@ impl RequestEncoder {
     pub(crate) fn encode_entries<'e, 't, E>(
         &mut self,
         entries: &'e [E],
-        parts: impl Fn(&'e E) -> (&'t [u8], Sample),
+        parts: impl Fn(&'e E) -> ([&'t [u8]; 3], Sample),
     ) -> EncodedRequest<'_> {
         let RequestEncoder {
             raw,
@@ -363,6 +391,51 @@ mod tests {
             .iter()
             .map(|l| (l.name.clone(), l.value.clone()))
             .collect()
+    }
+
+    /// With external labels the label entries go out in pieces (the series' own, split where
+    /// the external ones go in); consecutive samples of a series still share a `TimeSeries`,
+    /// and two series never do.
+    #[test]
+    fn external_labels_keep_a_series_samples_together() {
+        let a = series("pie_a", &[("node", "n1"), ("storage_class", "sc")]);
+        let b = series("pie_b", &[("node", "n1"), ("storage_class", "sc")]);
+        let entries = vec![
+            (a.clone(), Sample::new(1.0, 1)),
+            (a.clone(), Sample::new(2.0, 2)),
+            (b.clone(), Sample::new(3.0, 3)),
+            (a.clone(), Sample::new(4.0, 4)),
+        ];
+        let external = ExternalLabels::new([("cluster", "c")]).unwrap();
+        let prepared = prep(&entries, &external);
+        let mut enc = RequestEncoder::new();
+        let req = enc.encode(&prepared);
+        let decoded = decode_write_request(req.body).unwrap();
+        let got: Vec<_> = decoded
+            .timeseries
+            .iter()
+            .map(|ts| (labels_of(ts), ts.samples.len()))
+            .collect();
+        let labels = |name: &str| -> Vec<(String, String)> {
+            [
+                ("__name__", name),
+                ("cluster", "c"),
+                ("node", "n1"),
+                ("storage_class", "sc"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .to_vec()
+        };
+        assert_eq!(
+            got,
+            [
+                (labels("pie_a"), 2),
+                (labels("pie_b"), 1),
+                (labels("pie_a"), 1)
+            ]
+        );
+        let estimated: usize = prepared.iter().map(PreparedSample::estimated_len).sum();
+        assert!(req.raw_len <= estimated, "{} > {estimated}", req.raw_len);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use tokio::sync::{Notify, watch};
 
-use crate::encode::{EncodedRequest, RequestEncoder, estimated_len};
-use crate::series::{ExternalLabels, Sample, Series, SeriesMap};
+use crate::encode::{EncodedRequest, RequestEncoder, estimated_len, labels_len};
+use crate::series::{ExternalLabels, Sample, Series, SeriesMap, WireLabels};
 use crate::stats::{DropReason, EndpointStats};
 
 /// The most samples [`Queue::push_many`] queues under one lock, so that the sender never
@@ -96,11 +96,11 @@ pub(crate) struct Batch {
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
-    /// The label entries (merged with the external labels) of every tracked series, by slot;
-    /// a free slot holds an empty slice. A slot keeps its labels while any queued or
+    /// The label entries (with where the external labels go) of every tracked series, by
+    /// slot; a free slot holds empty labels. A slot keeps its labels while any queued or
     /// in-flight sample names it (see [`Queue::forget_stale_before`]). Lock order: `state`
     /// first.
-    labels: RwLock<Vec<Arc<[u8]>>>,
+    labels: RwLock<Vec<WireLabels>>,
     /// Wakes the sender: a full batch is queued, or a flush was requested.
     pub(crate) wake: Notify,
     /// Set by [`Queue::request_flush`]: send everything now, not only full batches.
@@ -143,16 +143,16 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read_labels(&self) -> RwLockReadGuard<'_, Vec<Arc<[u8]>>> {
+    fn read_labels(&self) -> RwLockReadGuard<'_, Vec<WireLabels>> {
         self.labels.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_labels(&self) -> RwLockWriteGuard<'_, Vec<Arc<[u8]>>> {
+    fn write_labels(&self) -> RwLockWriteGuard<'_, Vec<WireLabels>> {
         self.labels.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A slot holding `labels` for a new series.
-    fn new_slot(&self, st: &mut State, labels: Arc<[u8]>) -> u32 {
+    fn new_slot(&self, st: &mut State, labels: WireLabels) -> u32 {
         let mut table = self.write_labels();
         match st.free_slots.pop() {
             Some(slot) => {
@@ -201,7 +201,7 @@ impl Queue {
                     s.slot
                 }
                 None => {
-                    let slot = self.new_slot(&mut st, self.external.merged(series));
+                    let slot = self.new_slot(&mut st, self.external.wire(series));
                     st.series.insert(
                         series.clone(),
                         SeriesState {
@@ -317,9 +317,10 @@ impl Queue {
             return None;
         }
         let table = self.read_labels();
+        let external = self.external.encoded();
         let (mut n, mut bytes) = (0, 0);
         for entry in st.entries.iter().take(max_samples) {
-            let len = estimated_len(table[entry.slot as usize].len());
+            let len = estimated_len(labels_len(table[entry.slot as usize].parts(external)));
             if n > 0 && bytes + len > max_bytes {
                 break;
             }
@@ -344,7 +345,10 @@ impl Queue {
     ) -> EncodedRequest<'a> {
         // The batch's slots keep their labels until it is done (see `forget_stale_before`).
         let table = self.read_labels();
-        encoder.encode_entries(&batch.entries, |e| (&*table[e.slot as usize], e.sample))
+        let external = self.external.encoded();
+        encoder.encode_entries(&batch.entries, |e| {
+            (table[e.slot as usize].parts(external), e.sample)
+        })
     }
 
     /// Puts the batch in flight back at the front of the queue (it could not be sent or
@@ -458,7 +462,7 @@ impl Queue {
             retired_slots.retain(|&(slot, below)| {
                 let free = below <= done;
                 if free {
-                    table[slot as usize] = Arc::from([]);
+                    table[slot as usize] = WireLabels::empty();
                     free_slots.push(slot);
                 }
                 !free

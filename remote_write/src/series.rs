@@ -241,9 +241,9 @@ struct Labels {
     encoded: Arc<[u8]>,
     /// How many labels `encoded` holds.
     count: usize,
-    /// The entries merged with one set of external labels (identified by its id), computed
-    /// the first time the series is encoded with them.
-    merged: OnceLock<(u64, Arc<[u8]>)>,
+    /// Where one set of external labels (identified by its id) goes among the entries,
+    /// worked out the first time the series is encoded with them.
+    placement: OnceLock<(u64, Placement)>,
 }
 
 impl Labels {
@@ -258,7 +258,7 @@ impl Labels {
         Labels {
             encoded: encoded.into(),
             count,
-            merged: OnceLock::new(),
+            placement: OnceLock::new(),
         }
     }
 
@@ -437,6 +437,68 @@ impl fmt::Display for Series {
     }
 }
 
+/// Where a set of external labels goes among a series' own labels.
+#[derive(Clone)]
+enum Placement {
+    /// Every external entry goes, in order, at this byte offset of the series' encoding.
+    At(u32),
+    /// The series' entries merged with the external ones (some interleave, or the series
+    /// shadows one).
+    Merged(Arc<[u8]>),
+}
+
+/// [`WireLabels::at`] when the bytes are complete as they are.
+const NOWHERE: u32 = u32::MAX;
+
+/// A series' label entries on the wire with one set of external labels, without copying
+/// them in the usual case: the series' own encoding with the external entries inserted at one
+/// byte offset. Keeping a merged copy instead cost every series a second buffer of its size
+/// (at 5,000 nodes x 3 PieProbes, 75,000 buffers of about 200 bytes).
+#[derive(Clone)]
+pub(crate) struct WireLabels {
+    /// The series' own entries, or (`at == NOWHERE`) the complete entries.
+    bytes: Arc<[u8]>,
+    /// Byte offset in `bytes` where the external entries go.
+    at: u32,
+}
+
+impl fmt::Debug for WireLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireLabels")
+            .field("label_bytes", &self.bytes.len())
+            .field("external_at", &(self.at != NOWHERE).then_some(self.at))
+            .finish()
+    }
+}
+
+impl WireLabels {
+    /// `series`' own entries, complete as they are (no external labels).
+    pub(crate) fn own(series: &Series) -> WireLabels {
+        WireLabels {
+            bytes: series.encoded_labels().clone(),
+            at: NOWHERE,
+        }
+    }
+
+    /// Empty (a free queue slot).
+    pub(crate) fn empty() -> WireLabels {
+        WireLabels {
+            bytes: Arc::from([]),
+            at: NOWHERE,
+        }
+    }
+
+    /// The entries in wire order, in three pieces, given the external labels' `external`
+    /// entries (the same set these were placed for).
+    pub(crate) fn parts<'a>(&'a self, external: &'a [u8]) -> [&'a [u8]; 3] {
+        if self.at == NOWHERE {
+            return [&self.bytes, &[], &[]];
+        }
+        let (head, tail) = self.bytes.split_at(self.at as usize);
+        [head, external, tail]
+    }
+}
+
 /// Labels added to every series a client sends (e.g. `cluster="prod-a"`).
 ///
 /// On a conflict the series' own label wins and the external label is not added, as in
@@ -492,24 +554,67 @@ impl ExternalLabels {
         self.labels.iter().flat_map(|l| l.pairs())
     }
 
-    /// `series`' label entries merged with these external labels, in name order. The merge is
-    /// computed once per series and cached in it (for the first external label set it meets).
-    pub(crate) fn merged(&self, series: &Series) -> Arc<[u8]> {
+    /// The entries of the external labels, in name order (empty without any).
+    pub(crate) fn encoded(&self) -> &[u8] {
+        self.labels.as_ref().map_or(&[], |l| &l.encoded)
+    }
+
+    /// [`ExternalLabels::encoded`], shared (`None` without any).
+    pub(crate) fn shared_encoding(&self) -> Option<Arc<[u8]>> {
+        self.labels.as_ref().map(|l| l.encoded.clone())
+    }
+
+    /// `series`' label entries as they go on the wire with these external labels. Worked out
+    /// once per series and cached in it (for the first external label set it meets).
+    pub(crate) fn wire(&self, series: &Series) -> WireLabels {
         if self.labels.is_none() {
-            return series.encoded_labels().clone();
+            return WireLabels::own(series);
         }
-        if let Some((id, bytes)) = series.labels.merged.get() {
-            if *id == self.id {
-                return bytes.clone();
+        let placement = match series.labels.placement.get() {
+            Some((id, placement)) if *id == self.id => placement.clone(),
+            Some(_) => self.placement(series),
+            None => {
+                let (_, placement) = series
+                    .labels
+                    .placement
+                    .get_or_init(|| (self.id, self.placement(series)));
+                placement.clone()
             }
-            let mut out = Vec::new();
-            self.write_merged(series, &mut out);
-            return out.into();
+        };
+        match placement {
+            Placement::At(at) => WireLabels {
+                bytes: series.encoded_labels().clone(),
+                at,
+            },
+            Placement::Merged(bytes) => WireLabels { bytes, at: NOWHERE },
         }
-        let mut out = Vec::new();
-        self.write_merged(series, &mut out);
-        let (_, bytes) = series.labels.merged.get_or_init(|| (self.id, out.into()));
-        bytes.clone()
+    }
+
+    /// Where these (non-empty) external labels go among `series`' own: at one byte offset when
+    /// every own label sorts before or after all of them (the usual case: one or two external
+    /// labels such as `cluster`), otherwise a merged copy.
+    fn placement(&self, series: &Series) -> Placement {
+        let mut names = self.labels().map(|(name, _)| name);
+        let (Some(first), last) = (names.next(), names.last()) else {
+            return Placement::At(0);
+        };
+        let last = last.unwrap_or(first);
+        let mut at = 0;
+        for label in series.labels.entries() {
+            if label.name < first {
+                at += label.entry.len();
+                continue;
+            }
+            if label.name > last {
+                break;
+            }
+            // Shadowed by the series, or between two external labels.
+            let mut merged = Vec::new();
+            self.write_merged(series, &mut merged);
+            return Placement::Merged(merged.into());
+        }
+        // A series' encoding is far below 4 GiB (its labels are bounded in number and size).
+        Placement::At(u32::try_from(at).unwrap_or(NOWHERE))
     }
 
     /// Writes `series`' label entries merged with these external labels, in name order. A
@@ -736,6 +841,66 @@ mod tests {
         assert_eq!(
             ExternalLabels::new([("c", "1"), ("c", "2")]).map(|_| ()),
             Err(SeriesError::DuplicateLabelName("c".into()))
+        );
+    }
+
+    /// The wire labels against an oracle that knows nothing of placements: every label of
+    /// the series, the external ones it lacks added, sorted, each encoded on its own.
+    #[test]
+    fn external_labels_go_on_the_wire_in_name_order_without_a_copy_when_they_can() {
+        let oracle = |series: &Series, ext: &[(&str, &str)]| {
+            let mut all: std::collections::BTreeMap<&str, &str> = ext.iter().copied().collect();
+            all.extend(series.labels());
+            let mut out = Vec::new();
+            for (name, value) in all {
+                encode_label_field(name, value, &mut out);
+            }
+            out
+        };
+        let series = Series::new("up", [("node", "n1"), ("zone", "z")]).unwrap();
+        // (external labels, where the series' own bytes are split; `None`: not used)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: [Case; 7] = [
+            (&[], None),
+            (&[("cluster", "a")], Some("after __name__")),
+            (&[("A", "x")], Some("first")),
+            (&[("zzz", "x"), ("zz", "y")], Some("last")),
+            (&[("cluster", "a"), ("dc", "b")], Some("after __name__")),
+            (&[("cluster", "a"), ("region", "r")], None), // node sorts between them
+            (&[("node", "other")], None),                 // the series shadows it
+        ];
+        for (ext, split) in cases {
+            let external = ExternalLabels::new(ext.iter().copied()).unwrap();
+            let wire = external.wire(&series);
+            assert_eq!(
+                wire.parts(external.encoded()).concat(),
+                oracle(&series, ext),
+                "{ext:?}"
+            );
+            let shared = Arc::ptr_eq(&wire.bytes, series.encoded_labels());
+            assert_eq!(shared, split.is_some() || ext.is_empty(), "{ext:?}");
+            let at = wire.at as usize;
+            match split {
+                Some("first") => assert_eq!(at, 0),
+                Some("last") => assert_eq!(at, series.encoded_labels().len()),
+                Some(_) => {
+                    let name = series.labels.entries().next().unwrap().entry.len();
+                    assert_eq!(at, name, "right after __name__");
+                }
+                None => assert_eq!(wire.at, NOWHERE, "{ext:?}"),
+            }
+        }
+        // The placement is worked out once per series (for the first external label set it
+        // meets): a merged copy is not made again.
+        let series = Series::new("up", [("node", "n1"), ("zone", "z")]).unwrap();
+        let external = ExternalLabels::new([("cluster", "a"), ("region", "r")]).unwrap();
+        let (first, second) = (external.wire(&series), external.wire(&series));
+        assert!(Arc::ptr_eq(&first.bytes, &second.bytes));
+        // Another external label set on the same series is still right (not cached).
+        let other = ExternalLabels::new([("cluster", "b")]).unwrap();
+        assert_eq!(
+            other.wire(&series).parts(other.encoded()).concat(),
+            oracle(&series, &[("cluster", "b")])
         );
     }
 }
