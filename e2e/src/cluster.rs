@@ -48,6 +48,8 @@ pub struct TestCluster {
     /// The `kubectl` the tests run (the local cluster's own, else the one on PATH).
     pub kubectl: PathBuf,
     local: Option<LocalCluster>,
+    /// Set once [`TestCluster::install_pie`] has installed `deploy/`'s base into this cluster.
+    pie_installed: tokio::sync::OnceCell<()>,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,7 @@ fn start_cluster(nodes: usize) -> Option<TestCluster> {
             kubeconfig: PathBuf::from(path),
             kubectl: PathBuf::from("kubectl"),
             local: None,
+            pie_installed: tokio::sync::OnceCell::new(),
         });
     }
     if !go_installed() {
@@ -316,6 +319,7 @@ fn start_local(options: &LocalClusterOptions) -> TestCluster {
             stdin: Mutex::new(Some(stdin)),
             child: Mutex::new(child),
         }),
+        pie_installed: tokio::sync::OnceCell::new(),
     }
 }
 
@@ -376,10 +380,10 @@ impl TestCluster {
 
     /// Installs what `deploy/` installs before the controller runs: the namespace `pie`, the
     /// CRD (established) and the RBAC of `deploy/base/rbac.yaml`, by server-side apply. Once
-    /// per test binary.
+    /// per cluster (a bench starts several clusters in one process: once per process left the
+    /// second without the namespace `pie`).
     pub async fn install_pie(&self) {
-        static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-        INSTALLED
+        self.pie_installed
             .get_or_init(|| async {
                 self.kubectl_ok(&[
                     "apply",
