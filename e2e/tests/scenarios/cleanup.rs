@@ -142,15 +142,16 @@ pub async fn run(env: &'static Env) {
         "moving the node selector moved the probes and ended the old series",
     );
 
-    // A CronJob deleted by someone else comes back at once, not at the PieProbe's periodic
-    // requeue (300 s): its delete event reconciles the PieProbe, although nothing a reconcile
-    // fingerprints changed (kube's predicate filter dropped such events).
+    // A CronJob deleted by someone else comes back at once: its delete event reconciles the
+    // PieProbe, although nothing a reconcile fingerprints changed. Kube's predicate filter
+    // dropped such events, and the CronJob came back with the PieProbe's next reconcile for
+    // another reason: its status written (here 28 s later) or the 300 s requeue.
     let before = s.cron_jobs(PROBE).await[&mount_of(n2)].uid();
     let deleted_at = std::time::Instant::now();
     s.kubectl(&["delete", "cronjob", &mount_of(n2), "--wait=true"]);
     s.wait(
         &format!("{n2}'s CronJob, deleted by hand, re-created"),
-        Duration::from_secs(30),
+        Duration::from_secs(10),
         || async {
             s.cron_jobs(PROBE)
                 .await
