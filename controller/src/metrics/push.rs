@@ -2,7 +2,7 @@
 //! store is re-sent every `--push-interval` so no series looks stale.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pie_api::units::parse_duration;
@@ -267,6 +267,12 @@ impl PushArgs {
 pub struct Pusher {
     store: Arc<Store>,
     client: Option<Client>,
+    /// Held from the moment the store stamps samples until they are queued. The store stamps
+    /// each series' samples in increasing order, but the outcome tracker, the results API and
+    /// the periodic push record from different threads: without this, one could queue its
+    /// (older) samples after another queued newer ones, and the queue would drop them as
+    /// `out_of_order`.
+    queueing: Arc<Mutex<()>>,
 }
 
 impl Pusher {
@@ -289,7 +295,11 @@ impl Pusher {
         // What an earlier process of this controller pushed is older than anything this one
         // pushes (see the store's docs).
         store.set_floor(now_ms());
-        Ok(Pusher { store, client })
+        Ok(Pusher {
+            store,
+            client,
+            queueing: Arc::default(),
+        })
     }
 
     /// A pusher that only keeps the store, for tests.
@@ -298,6 +308,7 @@ impl Pusher {
         Pusher {
             store,
             client: None,
+            queueing: Arc::default(),
         }
     }
 
@@ -313,11 +324,15 @@ impl Pusher {
 
     /// Applies `updates` to the store and queues the changed samples at once.
     pub fn record(&self, updates: impl IntoIterator<Item = Update>) -> Vec<StoreError> {
-        let (points, errors) = self.store.apply(updates);
+        let errors = {
+            let _queueing = self.queueing();
+            let (points, errors) = self.store.apply(updates);
+            self.queue(&points);
+            errors
+        };
         for e in &errors {
             warn!(error = %e, "metric update rejected");
         }
-        self.push(&points);
         errors
     }
 
@@ -332,8 +347,12 @@ impl Pusher {
         }
     }
 
-    /// Queues `points`.
-    pub fn push(&self, points: &[Point]) {
+    fn queueing(&self) -> MutexGuard<'_, ()> {
+        self.queueing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `points` (under [`Pusher::queueing`], taken by the caller).
+    fn queue(&self, points: &[Point]) {
         if let Some(client) = &self.client {
             client.push_many(points);
         }
@@ -341,6 +360,7 @@ impl Pusher {
 
     /// Removes series for which `keep` is false and queues a stale marker for each.
     pub fn remove(&self, keep: impl FnMut(&Family, &[(&str, &str)]) -> bool) -> usize {
+        let _queueing = self.queueing();
         let stale: Vec<(Series, i64)> = self.store.retain(now_ms(), keep);
         if let Some(client) = &self.client {
             for (series, ts) in &stale {
@@ -376,8 +396,9 @@ impl Pusher {
     /// Queues the whole store at `now_ms` (self-metrics refreshed first).
     pub fn push_all(&self, now_ms: i64) -> usize {
         self.refresh_self_metrics();
+        let _queueing = self.queueing();
         let points = self.store.snapshot(now_ms);
-        self.push(&points);
+        self.queue(&points);
         points.len()
     }
 
@@ -422,6 +443,7 @@ mod tests {
     use super::*;
     use crate::metrics::{catalogue, store};
     use clap::Parser;
+    use remote_write::DropReason;
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -722,6 +744,49 @@ mod tests {
                 && text.contains("not-a-dir")
                 && !text.contains('\n'),
             "{text}"
+        );
+    }
+
+    /// The store stamps each series' samples in increasing order; they must reach the queue in
+    /// that order too, although the outcome tracker, the results API and the periodic push
+    /// record from different threads. A sample queued after a newer one of its series is
+    /// dropped as `out_of_order` (CI saw one in the healthy scenario, from this race).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn samples_recorded_from_several_threads_reach_the_queue_in_order() {
+        let args = Cli::try_parse_from([
+            "x",
+            "--remote-write-url",
+            "http://127.0.0.1:1/api/v1/write",
+            "--remote-write-queue-capacity",
+            "1000000",
+        ])
+        .unwrap()
+        .push;
+        let pusher = Pusher::new(&args, Arc::new(Store::new())).unwrap();
+        let rounds = 20_000;
+        let recorders: Vec<_> = (0..2)
+            .map(|_| {
+                let pusher = pusher.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        pusher.record([catalogue::reconcile(true, now_ms())]);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..rounds {
+            pusher.push_all(now_ms());
+        }
+        for recorder in recorders {
+            recorder.join().unwrap();
+        }
+        let stats = &pusher.client().unwrap().stats()[0];
+        assert_eq!(
+            (
+                stats.dropped(DropReason::OutOfOrder),
+                stats.dropped(DropReason::QueueFull)
+            ),
+            (0, 0)
         );
     }
 

@@ -3,8 +3,8 @@
 //! The families are those of [`catalogue`](super::catalogue); the receiver and the outcome
 //! tracker change the store with [`Update`]s and get back the [`Point`]s to push at once; the
 //! periodic push re-sends [`Store::snapshot`]; `/metrics` encodes [`Store::families`].
-//! Timestamps of one series only ever increase, so remote write never drops a sample as out of
-//! order.
+//! Timestamps of one series only ever increase; the pusher queues them in the order they were
+//! stamped (see `Pusher`), so remote write never drops a sample as out of order.
 //!
 //! Two things keep `increase()` right across restarts and leader changes, when another process
 //! pushed the same series before (pushed counters restart at 0):
