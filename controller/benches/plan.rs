@@ -1,7 +1,7 @@
 //! Benchmarks of the controller's planning and Node cache (a plain bench binary: it prints
 //! figures instead of asserting them; see docs/benchmarks.md).
 //!
-//! `cargo bench -p pie-controller --bench plan` runs both; `-- plan` or `-- cache [--no-strip]`
+//! `cargo bench -p pie-controller --bench plan` runs both; `-- plan` or `-- cache [--whole-nodes]`
 //! runs one. Memory figures are the process's resident set (VmRSS/VmHWM from /proc/self/status).
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use pie_controller::crd::PieProbe;
-use pie_controller::domain::nodes;
+use pie_controller::domain::node_facts::NodeFacts;
 use pie_controller::domain::plan::{self, Config};
 use serde_json::{Value, json};
 
@@ -133,37 +133,41 @@ fn peak_mib() -> f64 {
     proc_status("VmHWM:")
 }
 
-/// Fills a reflector store the way `run` does: each Node decoded from API JSON, optionally
-/// stripped, then cached. Returns the store (the originals are dropped one by one).
-fn fill_cache(strip: bool) -> reflector::Store<Node> {
-    let (store, mut writer) = reflector::store::<Node>();
+/// Fills a reflector store the way `run` does: each Node decoded from API JSON, turned into
+/// what the controller keeps (`keep`), then cached. Returns the store (the originals are
+/// dropped one by one).
+fn fill_cache<K>(keep: impl Fn(Node) -> K) -> reflector::Store<K>
+where
+    K: reflector::Lookup<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
     writer.apply_watcher_event(&watcher::Event::Init);
     for i in 0..NODES {
-        let mut node: Node = serde_json::from_str(&realistic_node_json(i)).expect("node json");
-        if strip {
-            nodes::strip_node(&mut node);
-        }
-        writer.apply_watcher_event(&watcher::Event::InitApply(node));
+        let node: Node = serde_json::from_str(&realistic_node_json(i)).expect("node json");
+        writer.apply_watcher_event(&watcher::Event::InitApply(keep(node)));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
     std::mem::forget(writer); // keep the store alive without a live watch
     store
 }
 
-fn cache_bench(strip: bool) {
+fn cache_bench(whole: bool) {
     let before = rss_mib();
-    let store = fill_cache(strip);
+    let cached = if whole {
+        fill_cache(|node| node).len()
+    } else {
+        fill_cache(NodeFacts::from).len()
+    };
     let after = rss_mib();
     println!(
         "node cache: {NODES} realistic nodes ({IMAGES_PER_NODE} images + managedFields each), {}: \
-         RSS grew {:.1} MiB ({} nodes cached)",
-        if strip {
-            "stripped (as run caches them)"
+         RSS grew {:.1} MiB ({cached} nodes cached)",
+        if whole {
+            "whole Node objects"
         } else {
-            "NOT stripped"
+            "as NodeFacts (as run caches them)"
         },
         after - before,
-        store.len()
     );
 }
 
@@ -185,8 +189,8 @@ fn probes() -> Vec<PieProbe> {
 
 fn plan_bench() {
     let before_cache = rss_mib();
-    let store = fill_cache(true);
-    let nodes: Vec<Arc<Node>> = store.state();
+    let store = fill_cache(NodeFacts::from);
+    let nodes: Vec<Arc<NodeFacts>> = store.state();
     let cache = rss_mib() - before_cache;
     let probes = probes();
     let config = Config {
@@ -244,7 +248,7 @@ fn plan_bench() {
         );
         if i == 1 {
             println!(
-                "plan: process peak RSS after the steady-state passes {:.1} MiB, of which the stripped node cache {cache:.1} MiB",
+                "plan: process peak RSS after the steady-state passes {:.1} MiB, of which the node cache {cache:.1} MiB",
                 peak_mib()
             );
         }
@@ -260,14 +264,14 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let strip = !args.iter().any(|a| a == "--no-strip");
+    let whole = args.iter().any(|a| a == "--whole-nodes");
     let which: Vec<&str> = args
         .iter()
         .map(String::as_str)
         .filter(|a| !a.starts_with("--"))
         .collect();
     if which.is_empty() || which.contains(&"cache") {
-        cache_bench(strip);
+        cache_bench(whole);
     }
     if which.is_empty() || which.contains(&"plan") {
         plan_bench();

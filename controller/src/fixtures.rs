@@ -4,6 +4,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Tain
 use kube::api::ObjectMeta;
 
 use crate::crd::{PieProbe, PieProbeSpec};
+use crate::domain::node_facts::NodeFacts;
 use crate::domain::plan::Config;
 
 /// Builds a Node that is Ready, schedulable and untainted unless told otherwise.
@@ -81,7 +82,13 @@ impl NodeBuilder {
         self
     }
 
-    pub fn build(self) -> Node {
+    /// The node as the controller keeps it.
+    pub fn build(self) -> NodeFacts {
+        NodeFacts::from(&self.node)
+    }
+
+    /// The Node object as the API server has it.
+    pub fn node(self) -> Node {
         self.node
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::PieProbe;
+use crate::domain::node_facts::NodeFacts;
 use crate::domain::plan::{self, Config};
 use crate::error::{Error, Result};
 
@@ -62,7 +63,10 @@ pub fn render(
     if probes.is_empty() {
         return Err(Error::Input("no PieProbe in the input".into()));
     }
-    let nodes: Vec<Node> = parse_objects(nodes_yaml, "Node")?;
+    let nodes: Vec<NodeFacts> = parse_objects::<Node>(nodes_yaml, "Node")?
+        .into_iter()
+        .map(NodeFacts::from)
+        .collect();
     let classes: Option<BTreeSet<String>> = storage_classes_yaml
         .map(|y| parse_objects::<StorageClass>(y, "StorageClass"))
         .transpose()?
@@ -164,7 +168,11 @@ mod tests {
         assert_eq!(pvcs.len(), 2);
         // The printed objects are exactly what the reconciler applies, desired-hash included.
         let probe: PieProbe = parse_objects(PROBE, "PieProbe").unwrap().remove(0);
-        let nodes: Vec<Node> = parse_objects(NODES, "Node").unwrap();
+        let nodes: Vec<NodeFacts> = parse_objects::<Node>(NODES, "Node")
+            .unwrap()
+            .into_iter()
+            .map(NodeFacts::from)
+            .collect();
         let plan = plan::plan(&probe, &nodes, true, &config()).unwrap();
         assert_eq!(cron_jobs[1], plan.cron_jobs()[1]);
     }

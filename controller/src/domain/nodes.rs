@@ -1,79 +1,40 @@
 //! Nodes as planning sees them, and which PieProbes a Node or StorageClass change concerns.
 //!
-//! Nodes are large (image lists, managedFields, addresses, capacity): [`strip_node`] keeps only
-//! what planning reads before a Node enters the cache, and [`NodeChanges`] passes on a node only
-//! when something planning depends on changed (labels, taints, unschedulable, Ready), so kubelet
-//! heartbeats do not trigger reconciles.
+//! Nodes are large (image lists, managedFields, addresses, capacity): the controller keeps of
+//! each only [`NodeFacts`], the few facts planning reads, and [`NodeChanges`] passes on a node
+//! only when one of them changed, so kubelet heartbeats do not trigger reconciles.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::crd::PieProbe;
+use crate::domain::node_facts::NodeFacts;
 use crate::domain::plan::EligibilityMap;
-use crate::domain::plan::{eligibility, node_selector};
+use crate::domain::plan::node_selector;
 use crate::domain::relist::Relist;
 
-/// Drops everything planning does not read: managedFields, annotations, owner references, the
-/// whole status except the Ready condition's status, and the spec except taints and
-/// unschedulable.
-pub fn strip_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    let spec = node.spec.take().unwrap_or_default();
-    node.spec = Some(NodeSpec {
-        taints: spec.taints.map(|ts| {
-            ts.into_iter()
-                .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
-                .map(|mut t| {
-                    t.time_added = None;
-                    t
-                })
-                .collect()
-        }),
-        unschedulable: spec.unschedulable,
-        ..NodeSpec::default()
-    });
-    let ready = node
-        .status
-        .take()
-        .and_then(|s| s.conditions)
-        .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
-        .map(|mut c| {
-            c.last_heartbeat_time = None;
-            c.last_transition_time = None;
-            c.message = None;
-            c
-        });
-    node.status = Some(NodeStatus {
-        conditions: ready.map(|c| vec![c]),
-        ..NodeStatus::default()
-    });
+/// A watch event of Nodes as the events of their [`NodeFacts`].
+pub fn facts_event(event: watcher::Event<Node>) -> watcher::Event<NodeFacts> {
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+    match event {
+        Apply(n) => Apply(n.into()),
+        Delete(n) => Delete(n.into()),
+        InitApply(n) => InitApply(n.into()),
+        Init => Init,
+        InitDone => InitDone,
+    }
 }
 
-/// Hash of what planning depends on: name, labels, NoSchedule/NoExecute taints, unschedulable
-/// and whether the node is Ready.
-pub fn fingerprint(node: &Node) -> u64 {
+/// Hash of what planning depends on: all of [`NodeFacts`].
+pub fn fingerprint(node: &NodeFacts) -> u64 {
     let mut h = DefaultHasher::new();
-    node.metadata.name.hash(&mut h);
-    node.metadata.labels.hash(&mut h);
-    if let Some(spec) = &node.spec {
-        spec.unschedulable.unwrap_or(false).hash(&mut h);
-        for t in spec.taints.iter().flatten() {
-            if matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") {
-                (&t.key, &t.value, &t.effect).hash(&mut h);
-            }
-        }
-    }
-    eligibility::is_ready(node).hash(&mut h);
+    node.hash(&mut h);
     h.finish()
 }
 
@@ -87,7 +48,7 @@ pub struct NodeChanges {
 impl NodeChanges {
     /// The nodes in `event` that matter, including deleted ones (their last known state; a
     /// node gone during a re-list as a Node with only its name).
-    pub fn observe(&mut self, event: &watcher::Event<Node>) -> Vec<Node> {
+    pub fn observe(&mut self, event: &watcher::Event<NodeFacts>) -> Vec<NodeFacts> {
         match event {
             watcher::Event::Init => {
                 self.seen.init();
@@ -95,25 +56,21 @@ impl NodeChanges {
             }
             watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
                 let fp = fingerprint(node);
-                let previous = self.seen.apply(node.name_any(), fp);
+                let previous = self.seen.apply(node.name().to_owned(), fp);
                 (previous != Some(fp))
                     .then(|| node.clone())
                     .into_iter()
                     .collect()
             }
             watcher::Event::Delete(node) => {
-                self.seen.delete(&node.name_any());
+                self.seen.delete(&node.name().to_owned());
                 vec![node.clone()]
             }
             watcher::Event::InitDone => self
                 .seen
                 .init_done()
                 .into_iter()
-                .map(|name| {
-                    let mut node = Node::default();
-                    node.metadata.name = Some(name);
-                    node
-                })
+                .map(|name| NodeFacts::named(&name))
                 .collect(),
         }
     }
@@ -124,9 +81,9 @@ impl NodeChanges {
 pub fn probes_for_node(
     probes: &[Arc<PieProbe>],
     planned: &EligibilityMap,
-    node: &Node,
+    node: &NodeFacts,
 ) -> Vec<ObjectRef<PieProbe>> {
-    let name = node.name_any();
+    let name = node.name();
     probes
         .iter()
         .filter(|p| {
@@ -152,6 +109,7 @@ pub fn probes_for_storage_class(probes: &[Arc<PieProbe>], name: &str) -> Vec<Obj
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::node_facts::NodeTaint;
     use crate::domain::plan::NodeEligibility;
     use crate::fixtures::{NodeBuilder, PieProbeBuilder};
     use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition};
@@ -160,8 +118,10 @@ mod tests {
     fn heavy(name: &str) -> Node {
         let mut node = NodeBuilder::new(name)
             .label("role", "compute")
+            .label("zone", "a")
             .taint("soft", None, "PreferNoSchedule")
-            .build();
+            .taint("disk", Some("slow"), "NoSchedule")
+            .node();
         node.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
             manager: Some("kubelet".into()),
             ..Default::default()
@@ -172,50 +132,72 @@ mod tests {
             names: Some(vec!["img".into()]),
             size_bytes: Some(1),
         }]);
-        status.conditions.as_mut().unwrap().push(NodeCondition {
-            type_: "MemoryPressure".into(),
-            status: "False".into(),
-            ..Default::default()
-        });
+        // Ready is not the first condition on a real node.
+        status.conditions.as_mut().unwrap().insert(
+            0,
+            NodeCondition {
+                type_: "MemoryPressure".into(),
+                status: "False".into(),
+                ..Default::default()
+            },
+        );
         node
     }
 
     #[test]
-    fn strip_keeps_what_planning_reads() {
-        let mut node = heavy("n1");
-        let before = fingerprint(&node);
-        strip_node(&mut node);
-        assert!(node.metadata.managed_fields.is_none() && node.metadata.annotations.is_none());
-        let status = node.status.as_ref().unwrap();
-        assert!(status.images.is_none());
-        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
-        assert!(eligibility::is_ready(&node));
-        assert_eq!(node.labels()["role"], "compute");
+    fn facts_keep_what_planning_reads() {
+        let node = heavy("n1");
+        let facts = NodeFacts::from(&node);
+        assert_eq!(facts.name(), "n1");
         assert_eq!(
-            fingerprint(&node),
-            before,
-            "stripping must not change what planning sees"
+            [
+                facts.label("kubernetes.io/hostname"),
+                facts.label("role"),
+                facts.label("zone"),
+                facts.label("missing"),
+            ],
+            [Some("n1"), Some("compute"), Some("a"), None]
         );
-        // Stripped and unstripped nodes plan the same.
-        let probe = PieProbeBuilder::new("p", "sc")
-            .selector_in("role", &["compute"])
-            .build();
-        let cfg = crate::fixtures::config();
+        assert!(facts.is_ready() && !facts.unschedulable());
         assert_eq!(
-            crate::domain::plan::plan(&probe, &[node], true, &cfg),
-            crate::domain::plan::plan(&probe, &[heavy("n1")], true, &cfg)
+            facts.taints(),
+            [NodeTaint {
+                key: "disk".into(),
+                value: Some("slow".into()),
+                effect: "NoSchedule".into(),
+            }],
+            "PreferNoSchedule taints do not keep probe Pods off"
+        );
+        let mut cordoned = node.clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert!(NodeFacts::from(&cordoned).unschedulable());
+        let mut not_ready = node.clone();
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[1]
+            .status = "Unknown".into();
+        assert!(!NodeFacts::from(&not_ready).is_ready());
+        let mut no_status = node;
+        no_status.status = None;
+        assert!(!NodeFacts::from(&no_status).is_ready());
+        // The cache keys a node by its name, as kube keys a Node.
+        use kube::runtime::reflector::Lookup as _;
+        assert_eq!(
+            facts.to_object_ref(()).erase(),
+            ObjectRef::<Node>::new("n1").erase()
         );
     }
 
     #[test]
     fn heartbeats_are_filtered_but_scheduling_changes_pass() {
         let mut changes = NodeChanges::default();
-        let node = NodeBuilder::new("n1").build();
-        assert_eq!(
-            changes.observe(&watcher::Event::Apply(node.clone())).len(),
-            1,
-            "new node"
-        );
+        let mut observe = |event: watcher::Event<Node>| changes.observe(&facts_event(event)).len();
+        let node = NodeBuilder::new("n1").node();
+        assert_eq!(observe(watcher::Event::Apply(node.clone())), 1, "new node");
         let mut heartbeat = node.clone();
         heartbeat
             .status
@@ -228,27 +210,16 @@ mod tests {
             k8s_openapi::jiff::Timestamp::now(),
         ));
         heartbeat.metadata.resource_version = Some("2".into());
-        assert!(
-            changes
-                .observe(&watcher::Event::Apply(heartbeat))
-                .is_empty(),
-            "heartbeat"
-        );
+        assert_eq!(observe(watcher::Event::Apply(heartbeat)), 0, "heartbeat");
         for changed in [
-            NodeBuilder::new("n1").label("x", "y").build(),
-            NodeBuilder::new("n1").ready(false).build(),
-            NodeBuilder::new("n1").unschedulable().build(),
-            NodeBuilder::new("n1")
-                .taint("k", None, "NoSchedule")
-                .build(),
+            NodeBuilder::new("n1").label("x", "y").node(),
+            NodeBuilder::new("n1").ready(false).node(),
+            NodeBuilder::new("n1").unschedulable().node(),
+            NodeBuilder::new("n1").taint("k", None, "NoSchedule").node(),
         ] {
-            assert_eq!(changes.observe(&watcher::Event::Apply(changed)).len(), 1);
+            assert_eq!(observe(watcher::Event::Apply(changed)), 1);
         }
-        assert_eq!(
-            changes.observe(&watcher::Event::Delete(node)).len(),
-            1,
-            "deleted"
-        );
+        assert_eq!(observe(watcher::Event::Delete(node)), 1, "deleted");
     }
 
     #[test]
@@ -266,7 +237,7 @@ mod tests {
         let gone: Vec<_> = changes
             .observe(&watcher::Event::InitDone)
             .iter()
-            .map(|n| n.name_any())
+            .map(|n| n.name().to_owned())
             .collect();
         assert_eq!(gone, ["b"]);
     }

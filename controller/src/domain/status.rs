@@ -236,7 +236,7 @@ mod tests {
             &probe,
             &plan(
                 &probe,
-                &[] as &[k8s_openapi::api::core::v1::Node],
+                &[] as &[crate::domain::node_facts::NodeFacts],
                 true,
                 &config(),
             ),
@@ -258,7 +258,7 @@ mod tests {
             &probe,
             &plan(
                 &probe,
-                &[] as &[k8s_openapi::api::core::v1::Node],
+                &[] as &[crate::domain::node_facts::NodeFacts],
                 false,
                 &config(),
             ),
@@ -311,7 +311,7 @@ mod tests {
             &probe,
             &plan(
                 &probe,
-                &[] as &[k8s_openapi::api::core::v1::Node],
+                &[] as &[crate::domain::node_facts::NodeFacts],
                 true,
                 &config(),
             ),

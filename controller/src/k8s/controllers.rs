@@ -1,7 +1,7 @@
 //! `pie-controller run`: wires watches, leader election and the reconciler together.
 //!
 //! One kube-runtime `Controller` per watched namespace (or one for all namespaces), sharing a
-//! stripped Node cache and a StorageClass metadata cache. Node and StorageClass changes reach
+//! cache of `NodeFacts` and a StorageClass metadata cache. Node and StorageClass changes reach
 //! the controllers over a broadcast channel and are mapped to the PieProbes they concern.
 
 use pie_api::labels;
@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::crd::PieProbe;
+use crate::domain::node_facts::NodeFacts;
 use crate::domain::nodes;
 use crate::domain::outcome::observe::{ProbeIndex, parse_threshold_ms};
 use crate::domain::plan::{self, EligibilityMap, Existing, NodeEligibility};
@@ -55,7 +56,7 @@ pub struct Handles {
     eligibility: Arc<RwLock<EligibilityMap>>,
     counted: Arc<tracker::CountedPods>,
     /// The (stripped) Node cache of the current term, for eligibility at decision time.
-    nodes: Arc<RwLock<Option<Store<Node>>>>,
+    nodes: Arc<RwLock<Option<Store<NodeFacts>>>>,
     probe_stores: Arc<RwLock<Vec<Store<PieProbe>>>>,
     plan_changed: Arc<tokio::sync::Notify>,
 }
@@ -203,7 +204,7 @@ impl ProbeIndex for Handles {
 /// A change outside the PieProbes that may change their plans.
 #[derive(Clone, Debug)]
 enum Trigger {
-    Node(Arc<Node>),
+    Node(Arc<NodeFacts>),
     StorageClass(String),
     /// Events were lost: reconcile everything.
     All,
@@ -614,15 +615,14 @@ fn reconcile_triggers<K: Resource<DynamicType = ()>>(
 
 async fn watch_nodes(
     api: Api<Node>,
-    mut writer: Writer<Node>,
+    mut writer: Writer<NodeFacts>,
     tx: broadcast::Sender<Trigger>,
     listed: tokio::sync::watch::Sender<bool>,
 ) {
     let mut changes = nodes::NodeChanges::default();
-    let events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(nodes::strip_node);
+    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
     logged(events, "nodes")
+        .map(nodes::facts_event)
         .for_each(|event| {
             writer.apply_watcher_event(&event);
             if matches!(event, watcher::Event::InitDone) {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::crd::{PieProbe, PieProbeStatus};
+use crate::domain::node_facts::NodeFacts;
 use crate::domain::plan::{self, EligibilityMap, Existing, Plan};
 use crate::domain::status;
 use crate::error::{Error, Result};
@@ -35,8 +36,8 @@ use crate::error::{Error, Result};
 /// Watch caches the reconciler reads instead of calling the API server.
 #[derive(Clone, Debug)]
 pub struct Stores {
-    /// Nodes, stripped of what the controller does not use (see [`crate::domain::nodes::strip_node`]).
-    pub nodes: Store<Node>,
+    /// Nodes, as far as planning reads them.
+    pub nodes: Store<NodeFacts>,
     /// StorageClasses, metadata only.
     pub storage_classes: Store<PartialObjectMeta<StorageClass>>,
     /// CronJobs managed by pie-controller (and topolvm/pie's, to adopt), as [`Existing`].

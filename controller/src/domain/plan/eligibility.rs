@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use k8s_openapi::api::core::v1::Toleration;
+
+use crate::domain::node_facts::{NodeFacts, NodeTaint};
 
 /// Why a node cannot run mount probes now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,41 +37,31 @@ impl fmt::Display for Ineligible {
 }
 
 /// Whether `node` is eligible for probe Pods carrying `tolerations`; the first reason if not.
-pub fn check(node: &Node, tolerations: &[Toleration]) -> Result<(), Ineligible> {
-    if !is_ready(node) {
+pub fn check(node: &NodeFacts, tolerations: &[Toleration]) -> Result<(), Ineligible> {
+    if !node.is_ready() {
         return Err(Ineligible::NotReady);
     }
-    let spec = node.spec.as_ref();
-    if spec.and_then(|s| s.unschedulable).unwrap_or(false) {
+    if node.unschedulable() {
         return Err(Ineligible::Unschedulable);
     }
-    for taint in spec.and_then(|s| s.taints.as_deref()).unwrap_or_default() {
-        let blocking = matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute");
-        if blocking && !tolerations.iter().any(|t| tolerates(t, taint)) {
+    // NodeFacts keeps only the NoSchedule and NoExecute taints: each one blocks.
+    for taint in node.taints() {
+        if !tolerations.iter().any(|t| tolerates(t, taint)) {
             return Err(Ineligible::Taint {
-                key: taint.key.clone(),
-                effect: taint.effect.clone(),
+                key: taint.key.to_string(),
+                effect: taint.effect.to_string(),
             });
         }
     }
     Ok(())
 }
 
-/// The node's `Ready` condition is `True`.
-pub fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
-}
-
 /// Kubernetes toleration matching: effect (empty = all), key (empty with `Exists` = all keys),
 /// operator `Exists` or `Equal` (default) on the value.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+pub fn tolerates(toleration: &Toleration, taint: &NodeTaint) -> bool {
     if let Some(effect) = toleration.effect.as_deref()
         && !effect.is_empty()
-        && effect != taint.effect
+        && effect != &*taint.effect
     {
         return false;
     }
@@ -78,13 +70,13 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     if key.is_empty() {
         return operator == "Exists";
     }
-    if key != taint.key {
+    if key != &*taint.key {
         return false;
     }
     match operator {
         "Exists" => true,
         "Equal" | "" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or_default()
         }
         _ => false,
     }
@@ -110,7 +102,12 @@ mod tests {
         }
     }
 
-    type Case = (&'static str, Node, Vec<Toleration>, Result<(), Ineligible>);
+    type Case = (
+        &'static str,
+        NodeFacts,
+        Vec<Toleration>,
+        Result<(), Ineligible>,
+    );
 
     #[test]
     fn eligibility_table() {

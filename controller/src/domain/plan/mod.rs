@@ -14,12 +14,13 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Resource;
 use pie_api::names;
 use sha1::{Digest, Sha1};
 
 use crate::crd::PieProbe;
+use crate::domain::node_facts::NodeFacts;
 pub use eligibility::Ineligible;
 pub use existing::Existing;
 
@@ -337,7 +338,7 @@ pub fn validate(probe: &PieProbe) -> Result<(), Blocked> {
 
 /// The desired objects for `probe`, given every Node (owned, or `Arc`s from a watch cache) and
 /// whether its StorageClass exists.
-pub fn plan<N: Borrow<Node>>(
+pub fn plan<N: Borrow<NodeFacts>>(
     probe: &PieProbe,
     nodes: &[N],
     storage_class_exists: bool,
@@ -351,11 +352,12 @@ pub fn plan<N: Borrow<Node>>(
         ));
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    let mut selected: Vec<(&str, &Node)> = nodes
+    let mut selected: Vec<(&str, &NodeFacts)> = nodes
         .iter()
         .map(Borrow::borrow)
+        .filter(|n| !n.name().is_empty())
         .filter(|n| node_selector::matches(spec.node_selector.as_ref(), n))
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .map(|n| (n.name(), n))
         .collect();
     selected.sort_unstable_by_key(|(name, _)| *name);
     selected.dedup_by_key(|(name, _)| *name);
@@ -397,13 +399,13 @@ pub fn plan<N: Borrow<Node>>(
 
 /// Whether `node` is selected by `probe` and can run its probes now (what [`plan`] decides per
 /// node).
-pub fn eligible_for(probe: &PieProbe, node: &Node) -> bool {
+pub fn eligible_for(probe: &PieProbe, node: &NodeFacts) -> bool {
     let tolerations = probe.spec.tolerations.as_deref().unwrap_or_default();
     selects(probe, node) && eligibility::check(node, tolerations).is_ok()
 }
 
 /// Whether `probe`'s nodeSelector selects `node` (eligible or not).
-pub fn selects(probe: &PieProbe, node: &Node) -> bool {
+pub fn selects(probe: &PieProbe, node: &NodeFacts) -> bool {
     node_selector::matches(probe.spec.node_selector.as_ref(), node)
 }
 

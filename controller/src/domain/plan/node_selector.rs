@@ -6,25 +6,22 @@
 //! term matches no objects"). An absent selector, or one with no terms, matches every node, as pie
 //! does.
 
-use std::collections::BTreeMap;
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+use crate::domain::node_facts::NodeFacts;
 
 /// Whether `selector` selects `node`. `None` or no terms select every node.
-pub fn matches(selector: Option<&NodeSelector>, node: &Node) -> bool {
+pub fn matches(selector: Option<&NodeSelector>, node: &NodeFacts) -> bool {
     let Some(selector) = selector else {
         return true;
     };
     if selector.node_selector_terms.is_empty() {
         return true;
     }
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let name = node.metadata.name.as_deref().unwrap_or("");
     selector
         .node_selector_terms
         .iter()
-        .any(|term| term_matches(term, labels, name))
+        .any(|term| term_matches(term, node))
 }
 
 /// Whether selecting every node is what `selector` means (so no node affinity is needed).
@@ -88,7 +85,7 @@ pub fn pod_affinity(selector: &NodeSelector) -> NodeSelector {
     }
 }
 
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+fn term_matches(term: &NodeSelectorTerm, node: &NodeFacts) -> bool {
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {
@@ -96,10 +93,10 @@ fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name
     }
     exprs
         .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        .all(|r| requirement_matches(r, node.label(&r.key)))
         && fields.iter().all(|r| {
             // The scheduler supports only metadata.name; any other field selects nothing.
-            r.key == "metadata.name" && requirement_matches(r, Some(name))
+            r.key == "metadata.name" && requirement_matches(r, Some(node.name()))
         })
 }
 
@@ -265,7 +262,7 @@ mod tests {
 
     #[test]
     fn pod_affinity_has_one_value_per_field_requirement_and_selects_the_same_nodes() {
-        let nodes: Vec<Node> = ["a", "b", "c", "d"]
+        let nodes: Vec<NodeFacts> = ["a", "b", "c", "d"]
             .iter()
             .enumerate()
             .map(|(i, n)| {
@@ -306,7 +303,7 @@ mod tests {
                     matches(Some(&affinity), n),
                     matches(Some(selector), n),
                     "{selector:?} -> {affinity:?} on {:?}",
-                    n.metadata.name
+                    n.name()
                 );
             }
         }

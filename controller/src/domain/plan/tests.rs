@@ -9,7 +9,7 @@ use pie_api::labels;
 use super::*;
 use crate::fixtures::{NodeBuilder, PieProbeBuilder, config};
 
-fn three_nodes() -> Vec<Node> {
+fn three_nodes() -> Vec<NodeFacts> {
     vec![
         NodeBuilder::new("worker-1")
             .label("role", "compute")
@@ -575,7 +575,7 @@ fn validation_table() {
     let garbage = PieProbeBuilder::new("p", "sc")
         .spec(|s| s.probe_threshold = "soon".into())
         .build();
-    let err = plan(&garbage, &[] as &[Node], true, &config()).unwrap_err();
+    let err = plan(&garbage, &[] as &[NodeFacts], true, &config()).unwrap_err();
     assert_eq!(err.reason(), "InvalidSpec");
     assert!(
         err.to_string()
@@ -626,7 +626,7 @@ fn stale_objects_are_those_we_control_but_no_longer_want() {
 #[test]
 fn desired_hashes_change_with_what_shapes_the_object_only() {
     let nodes = vec![NodeBuilder::new("a").build(), NodeBuilder::new("b").build()];
-    let hashes = |probe: &PieProbe, nodes: &[Node], config: &Config| {
+    let hashes = |probe: &PieProbe, nodes: &[NodeFacts], config: &Config| {
         let p = plan(probe, nodes, true, config).unwrap();
         let mut h: Vec<(String, String)> = p
             .desired_cron_jobs()
@@ -649,11 +649,7 @@ fn desired_hashes_change_with_what_shapes_the_object_only() {
     with_status.status = Some(Default::default());
     assert_eq!(base, hashes(&with_status, &nodes, &config()));
     let mut relabelled = nodes.clone();
-    relabelled[0]
-        .metadata
-        .labels
-        .get_or_insert_default()
-        .insert("team".into(), "x".into());
+    relabelled[0] = NodeBuilder::new("a").label("team", "x").build();
     assert_eq!(base, hashes(&probe, &relabelled, &config()));
 
     // The spec, the controller config, the owner's UID and the suspend flag do.
@@ -698,8 +694,9 @@ fn desired_hashes_change_with_what_shapes_the_object_only() {
 #[test]
 fn duplicate_and_unnamed_nodes_are_ignored() {
     let probe = PieProbeBuilder::new("p", "sc").build();
-    let mut unnamed = NodeBuilder::new("x").build();
+    let mut unnamed = NodeBuilder::new("x").node();
     unnamed.metadata.name = None;
+    let unnamed = NodeFacts::from(&unnamed);
     let nodes = vec![
         NodeBuilder::new("b").build(),
         NodeBuilder::new("a").build(),

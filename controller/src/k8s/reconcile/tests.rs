@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ObjectMeta, PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::events::Recorder;
@@ -21,7 +21,7 @@ const APPLY: &str = "?&force=true&fieldManager=pie-controller";
 
 /// Writers behind the stores, so a test can fill the caches.
 struct Caches {
-    nodes: Writer<Node>,
+    nodes: Writer<NodeFacts>,
     storage_classes: Writer<PartialObjectMeta<StorageClass>>,
     cron_jobs: Writer<Existing<CronJob>>,
     pvcs: Writer<Existing<PersistentVolumeClaim>>,
@@ -87,7 +87,7 @@ fn cached<K: kube::Resource>(object: &K, rv: &str) -> Existing<K> {
     Existing::from_meta(&meta)
 }
 
-fn nodes() -> Vec<Node> {
+fn nodes() -> Vec<NodeFacts> {
     vec![
         NodeBuilder::new("worker-1")
             .label("role", "compute")
@@ -204,7 +204,7 @@ fn api_echo_check(body: Value, kind: &str, name: &str) -> Value {
 }
 
 /// Caches holding exactly what a reconcile of `probe` over `nodes` applied.
-fn converged(probe: &PieProbe, nodes: &[Node]) -> (Caches, Stores, PieProbe) {
+fn converged(probe: &PieProbe, nodes: &[NodeFacts]) -> (Caches, Stores, PieProbe) {
     let (mut caches, stores) = setup();
     for n in nodes {
         add(&mut caches.nodes, n.clone());
