@@ -25,6 +25,12 @@ pub fn parse_objects<T: DeserializeOwned>(yaml: &str, kind: &str) -> Result<Vec<
     Ok(out)
 }
 
+/// The Nodes in `yaml` (as [`parse_objects`] reads them), as the controller keeps them.
+fn parse_nodes(yaml: &str) -> Result<Vec<NodeFacts>> {
+    let nodes = parse_objects::<Node>(yaml, "Node")?;
+    Ok(nodes.iter().map(NodeFacts::from).collect())
+}
+
 fn collect<T: DeserializeOwned>(
     value: serde_json::Value,
     kind: &str,
@@ -63,10 +69,7 @@ pub fn render(
     if probes.is_empty() {
         return Err(Error::Input("no PieProbe in the input".into()));
     }
-    let nodes: Vec<NodeFacts> = parse_objects::<Node>(nodes_yaml, "Node")?
-        .into_iter()
-        .map(NodeFacts::from)
-        .collect();
+    let nodes = parse_nodes(nodes_yaml)?;
     let classes: Option<BTreeSet<String>> = storage_classes_yaml
         .map(|y| parse_objects::<StorageClass>(y, "StorageClass"))
         .transpose()?
@@ -168,11 +171,7 @@ mod tests {
         assert_eq!(pvcs.len(), 2);
         // The printed objects are exactly what the reconciler applies, desired-hash included.
         let probe: PieProbe = parse_objects(PROBE, "PieProbe").unwrap().remove(0);
-        let nodes: Vec<NodeFacts> = parse_objects::<Node>(NODES, "Node")
-            .unwrap()
-            .into_iter()
-            .map(NodeFacts::from)
-            .collect();
+        let nodes = parse_nodes(NODES).unwrap();
         let plan = plan::plan(&probe, &nodes, true, &config()).unwrap();
         assert_eq!(cron_jobs[1], plan.cron_jobs()[1]);
     }
